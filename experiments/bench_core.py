@@ -1,0 +1,276 @@
+"""Benchmarks dmljax's core methods (sampler x loss), optionally vs PML.
+
+Times `jax.jit(loss_fn)` (forward) and `jax.jit(jax.value_and_grad(loss_fn))`
+(forward+backward, gradients w.r.t. the embeddings and beta) of
+`dmljax.methods.make_method` for each batch size, sampler and loss, on
+unit-norm random float32 embeddings with K images per class (labels shuffled;
+B is rounded to the nearest multiple of K: 512 -> 510, 2048 -> 2050).
+Each cell is compiled and warmed up first; then the median and interquartile
+range (IQR) of repeated calls are reported, with the repeat count scaled so
+that a cell takes about --budget_s seconds (at least --min_repeats calls).
+
+If `torch` and `pytorch_metric_learning` (PML) import and --peer=auto, the
+same embeddings are run through PML's DistanceWeightedMiner + MarginLoss
+(learned beta) and TripletMarginMiner(semihard) + TripletMarginLoss, and the
+speed-up PML time / dmljax time is printed. Both libraries use their default
+CPU thread pools (all cores).
+
+Usage:
+  python -m experiments.bench_core --sizes=80,120 --peer=off
+"""
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+import dmljax
+from dmljax import beta as beta_lib
+from dmljax import methods
+
+_SIZES = flags.DEFINE_list(
+  "sizes", ["80", "120", "512", "2048"], "Batch sizes."
+)
+_DIM = flags.DEFINE_integer("dim", 128, "Embedding dimension D.")
+_K = flags.DEFINE_integer("images_per_class", 5, "Images per class K.")
+_REPEATS = flags.DEFINE_integer("repeats", 200, "Max timed calls per cell.")
+_MIN_REPEATS = flags.DEFINE_integer("min_repeats", 3, "Min timed calls.")
+_BUDGET = flags.DEFINE_float("budget_s", 1.0, "Target seconds per cell.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for embeddings and labels.")
+_OUT = flags.DEFINE_string(
+  "out", "bench_results/bench_core.json", "JSON output path."
+)
+_PEER = flags.DEFINE_enum(
+  "peer", "auto", ["auto", "off"], "auto: also time PML if it imports."
+)
+# name -> (dmljax sampler name, sampler_kwargs).
+SAMPLERS = {
+  "random": ("random", {}),
+  "hard": ("hard", {}),
+  "semihard": ("semihard", {}),
+  "distance_weighted": ("distance_weighted", {}),
+  "dw_inverse_cdf": ("distance_weighted", {"method": "inverse_cdf"}),
+}
+_SAMPLERS = flags.DEFINE_list("samplers", list(SAMPLERS), "Samplers to time.")
+_LOSSES = flags.DEFINE_list(
+  "losses", ["margin", "triplet_l2", "triplet_l2sq", "contrastive"], "Losses."
+)
+# PML peer name -> dmljax (sampler, loss) cells it is compared with.
+PEER_PAIRS = {
+  "pml_dw_margin": [
+    ("distance_weighted", "margin"),
+    ("dw_inverse_cdf", "margin"),
+  ],
+  "pml_semihard_triplet": [("semihard", "triplet_l2")],
+}
+KEYS = ("fwd", "fwd_bwd")
+_LIST_FLAGS = ["samplers", "losses"]
+TARGET = {"peer": "pml_dw_margin", "sizes": (120, 2048), "speedup": 10.0}
+
+
+def time_fn(fn: Callable[[], object]) -> dict:
+  """Median/IQR (ms) of fn() after one warm-up call (which is also timed)."""
+  t0 = time.perf_counter()
+  fn()
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  fn()  # Second warm-up: estimates the steady-state time per call.
+  est = max(time.perf_counter() - t0, 1e-9)
+  n = int(np.clip(_BUDGET.value / est, _MIN_REPEATS.value, _REPEATS.value))
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  q25, q50, q75 = np.percentile(np.array(times) * 1e3, [25, 50, 75])
+  return dict(median_ms=q50, iqr_ms=q75 - q25, repeats=n, first_call_s=first)
+
+
+def make_batch(b: int, d: int, k: int, seed: int):
+  """Unit-norm float32 embeddings [b, d] and shuffled int32 labels [b]."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((b, d)).astype(np.float32)
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  labels = rng.permutation(np.repeat(np.arange(b // k), k)).astype(np.int32)
+  return x, labels
+
+
+def bench_dmljax(x, labels, sampler: str, loss: str) -> dict:
+  """Times forward and forward+backward of one dmljax method."""
+  name, kwargs = SAMPLERS[sampler]
+  method = methods.make_method(
+    sampler=name,
+    loss=loss,
+    images_per_class=_K.value,
+    sampler_kwargs=kwargs or None,
+  )
+
+  def loss_fn(key, embeddings, labels, beta):
+    return method(key, embeddings, labels, beta)[0]
+
+  fwd = jax.jit(loss_fn)
+  fwd_bwd = jax.jit(jax.value_and_grad(loss_fn, argnums=(1, 3)))
+  key = jax.random.key(_SEED.value)
+  args = (key, jnp.asarray(x), jnp.asarray(labels), beta_lib.init_beta())
+  return {
+    "fwd": time_fn(lambda: jax.block_until_ready(fwd(*args))),
+    "fwd_bwd": time_fn(lambda: jax.block_until_ready(fwd_bwd(*args))),
+  }
+
+
+def load_peer():
+  """Returns (torch, pml) or None, printing why when unavailable."""
+  if _PEER.value == "off":
+    print("Peer: disabled (--peer=off).")
+    return None
+  try:
+    import pytorch_metric_learning as pml
+    import torch
+  except ImportError as e:
+    print(f"Peer: skipped, torch/pytorch_metric_learning not importable ({e}).")
+    return None
+  return torch, pml
+
+
+def bench_peer(torch, x, labels) -> dict:
+  """Times PML's miner + loss pairs on the same embeddings."""
+  from pytorch_metric_learning import losses, miners
+
+  pairs = {
+    "pml_dw_margin": (
+      miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
+      losses.MarginLoss(margin=0.2, nu=0, beta=1.2, learn_beta=True),
+    ),
+    "pml_semihard_triplet": (
+      miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard"),
+      losses.TripletMarginLoss(margin=0.2),
+    ),
+  }
+  emb = torch.from_numpy(x.copy()).requires_grad_(True)
+  lab = torch.from_numpy(labels.astype(np.int64))
+  results = {}
+  for name, (miner, loss_mod) in pairs.items():
+
+    def fwd(miner=miner, loss_mod=loss_mod):
+      with torch.no_grad():
+        return loss_mod(emb, lab, miner(emb, lab)).item()
+
+    def fwd_bwd(miner=miner, loss_mod=loss_mod):
+      emb.grad = None
+      loss_mod.zero_grad(set_to_none=True)
+      loss = loss_mod(emb, lab, miner(emb, lab))
+      loss.backward()
+      return loss.item()
+
+    try:
+      results[name] = {k: time_fn(f) for k, f in zip(KEYS, (fwd, fwd_bwd))}
+    except Exception as e:  # Report the failing peer and keep going.
+      results[name] = {"error": f"{type(e).__name__}: {e}"}
+  return results
+
+
+def machine_info(peer) -> dict:
+  info = {
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "cpu_count": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "numpy": np.__version__,
+    "dmljax": getattr(dmljax, "__version__", None),
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+  }
+  if peer:
+    torch, pml = peer
+    info.update(torch=torch.__version__, pml=pml.__version__)
+    info["torch_num_threads"] = torch.get_num_threads()
+  return info
+
+
+def fmt_row(b: int, impl: str, name: str, row: dict) -> str:
+  """One table line: times as median ± IQR (ms), or the error."""
+  if "error" in row:
+    return f"{b:>5} {impl:7} {name:32} ERROR {row['error'][:300]}"
+  cells = [f"{row[k]['median_ms']:9.3f} ±{row[k]['iqr_ms']:7.3f}" for k in KEYS]
+  return f"{b:>5} {impl:7} {name:32} {cells[0]:>18} {cells[1]:>18}"
+
+
+def bench_size(b: int, peer) -> tuple[list, list]:
+  """Benchmarks every dmljax cell and peer pair at batch size b."""
+  x, labels = make_batch(b, _DIM.value, _K.value, _SEED.value)
+  rows, speedups, cells = [], [], {}
+  for sampler in _SAMPLERS.value:
+    for loss in _LOSSES.value:
+      row = {"impl": "dmljax", "B": b, "sampler": sampler, "loss": loss}
+      try:
+        row.update(bench_dmljax(x, labels, sampler, loss))
+      except Exception as e:  # Report the failing kernel and keep going.
+        row["error"] = f"{type(e).__name__}: {e}"
+      cells[sampler, loss] = row
+      rows.append(row)
+      print(fmt_row(b, "dmljax", f"{sampler:18} {loss}", row), flush=True)
+  for name, res in (bench_peer(peer[0], x, labels) if peer else {}).items():
+    rows.append({"impl": "pml", "B": b, "sampler": name, "loss": "", **res})
+    print(fmt_row(b, "pml", name, res), flush=True)
+    for sampler, loss in PEER_PAIRS[name]:
+      if "fwd_bwd" in res and "fwd_bwd" in cells.get((sampler, loss), {}):
+        theirs = res["fwd_bwd"]["median_ms"]
+        ours = cells[sampler, loss]["fwd_bwd"]["median_ms"]
+        ratio = theirs / ours
+        row = dict(B=b, peer=name, dmljax=f"{sampler}+{loss}", speedup=ratio)
+        speedups.append(row | dict(peer_ms=theirs, dmljax_ms=ours))
+  return rows, speedups
+
+
+def main(argv):
+  del argv
+  peer = load_peer()
+  info = machine_info(peer)
+  threads = "XLA CPU default pool (all cores)"
+  if peer:
+    threads += f"; torch.get_num_threads()={info['torch_num_threads']}"
+  print(
+    f"jax {info['jax']} ({info['backend']}), {info['cpu_count']} CPUs, "
+    f"threads: {threads}. Times: median ± IQR (ms).\n"
+  )
+  header = f"{'B':>5} {'impl':7} {'sampler':18} {'loss':13} " + " ".join(
+    f"{k + ' ms':>18}" for k in KEYS
+  )
+  print(header + "\n" + "-" * len(header))
+  rows, speedups = [], []
+  for requested in [int(s) for s in _SIZES.value]:
+    b = _K.value * max(1, round(requested / _K.value))  # Exactly K per class.
+    if b != requested:
+      print(f"# B={requested} is not a multiple of K={_K.value}: using B={b}.")
+    r, s = bench_size(b, peer)
+    rows += r
+    speedups += s
+  if speedups:
+    print("\nSpeed-ups, fwd_bwd (PML median / dmljax median):")
+  for s in speedups:
+    met = "MET" if s["speedup"] >= TARGET["speedup"] else "MISSED"
+    is_target = s["peer"] == TARGET["peer"] and s["B"] in TARGET["sizes"]
+    target = f"  (target >= {TARGET['speedup']:g}x: {met})" if is_target else ""
+    print(
+      f"  B={s['B']:<5} {s['peer']:21} {s['peer_ms']:10.3f} ms vs "
+      f"{s['dmljax']:29} {s['dmljax_ms']:9.3f} ms: "
+      f"{s['speedup']:7.1f}x{target}"
+    )
+  names = "sizes dim images_per_class repeats min_repeats budget_s seed peer"
+  config = {k: flags.FLAGS[k].value for k in names.split() + _LIST_FLAGS}
+  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+  with open(_OUT.value, "w") as f:
+    out = dict(machine=info, config=config, results=rows, speedups=speedups)
+    json.dump(out, f, indent=2, default=float)
+  print(f"\nWrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
