@@ -25,11 +25,11 @@ BETA_PARTS = ("beta0", "class", "image")
 
 
 def init_beta(
-    *,
-    beta0: float = 1.2,
-    num_classes: int | None = None,
-    num_images: int | None = None,
-    dtype: jnp.dtype = jnp.float32,
+  *,
+  beta0: float = 1.2,
+  num_classes: int | None = None,
+  num_images: int | None = None,
+  dtype: jnp.dtype = jnp.float32,
 ) -> dict[str, jax.Array]:
   """β parameters: {"beta0": [], "class": [C] (optional), "image": [N]}.
 
@@ -49,9 +49,9 @@ def init_beta(
 
 
 def gather_beta(
-    beta: dict[str, jax.Array],
-    anchor_labels: jax.Array,
-    anchor_image_ids: jax.Array | None = None,
+  beta: dict[str, jax.Array],
+  anchor_labels: jax.Array,
+  anchor_image_ids: jax.Array | None = None,
 ) -> jax.Array:
   """β of each tuple's anchor: β⁽⁰⁾ + β⁽class⁾[label] + β⁽img⁾[image id].
 
@@ -77,15 +77,15 @@ def gather_beta(
   if "image" in beta:
     if anchor_image_ids is None:
       raise ValueError(
-          "β has a per-image part: pass the anchors' dataset image ids "
-          "(image_ids), or build β without num_images."
+        "β has a per-image part: pass the anchors' dataset image ids "
+        "(image_ids), or build β without num_images."
       )
     values = values + beta["image"][anchor_image_ids]
   return values
 
 
 def beta_penalty(
-    beta_values: jax.Array, mask: jax.Array, *, nu: float = 0.0
+  beta_values: jax.Array, mask: jax.Array, *, nu: float = 0.0
 ) -> jax.Array:
   """The ν regulariser ν Σ_t β(t) over valid tuples (Wu et al. Sec. 4).
 
@@ -101,17 +101,18 @@ def beta_penalty(
   Returns:
     Scalar.
 
-  >>> float(beta_penalty(jnp.array([1.0, 2.0]), jnp.array([True, False]), nu=0.5))
+  >>> mask = jnp.array([True, False])
+  >>> float(beta_penalty(jnp.array([1.0, 2.0]), mask, nu=0.5))
   0.5
   """
   return nu * jnp.sum(jnp.where(mask, beta_values, 0.0))
 
 
 def beta_optimizer(
-    *,
-    learning_rate: float = 0.1,
-    momentum: float = 0.9,
-    trainable: Sequence[str] = BETA_PARTS,
+  *,
+  learning_rate: float = 0.1,
+  momentum: float = 0.9,
+  trainable: Sequence[str] = BETA_PARTS,
 ) -> optax.GradientTransformation:
   """SGD for β (the authors' setting), with some parts frozen.
 
@@ -127,7 +128,9 @@ def beta_optimizer(
   if unknown:
     raise ValueError(f"Unknown β parts {sorted(unknown)}; known: {BETA_PARTS}.")
   return optax.partition(
-      {"train": optax.sgd(learning_rate, momentum=momentum or None),
-       "freeze": optax.set_to_zero()},
-      lambda beta: {k: "train" if k in trainable else "freeze" for k in beta},
+    {
+      "train": optax.sgd(learning_rate, momentum=momentum or None),
+      "freeze": optax.set_to_zero(),
+    },
+    lambda beta: {k: "train" if k in trainable else "freeze" for k in beta},
   )

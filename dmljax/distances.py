@@ -20,13 +20,13 @@ def _check_pair(x: jax.Array, y: jax.Array | None) -> jax.Array:
     return x
   if y.ndim != 2 or y.shape[1] != x.shape[1]:
     raise ValueError(
-        f"y must be [M, D] with the same D as x {x.shape}, got {y.shape}."
+      f"y must be [M, D] with the same D as x {x.shape}, got {y.shape}."
     )
   return y
 
 
 def pairwise_squared_distances(
-    x: jax.Array, y: jax.Array | None = None
+  x: jax.Array, y: jax.Array | None = None
 ) -> jax.Array:
   """Squared Euclidean distances ‖x_i − y_j‖².
 
@@ -55,11 +55,11 @@ def pairwise_squared_distances(
 
 
 def pairwise_distances(
-    x: jax.Array,
-    y: jax.Array | None = None,
-    *,
-    squared: bool = False,
-    eps: float = 1e-12,
+  x: jax.Array,
+  y: jax.Array | None = None,
+  *,
+  squared: bool = False,
+  eps: float = 1e-12,
 ) -> jax.Array:
   """Euclidean distances D_ij = ‖x_i − y_j‖ (Wu et al., Sec. 3).
 
@@ -89,7 +89,7 @@ def pairwise_distances(
 
 
 def cosine_similarities(
-    x: jax.Array, y: jax.Array | None = None, *, eps: float = 1e-12
+  x: jax.Array, y: jax.Array | None = None, *, eps: float = 1e-12
 ) -> jax.Array:
   """Cosine similarities x_i·y_j / (‖x_i‖ ‖y_j‖).
 

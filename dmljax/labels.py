@@ -23,12 +23,12 @@ def _check_labels(labels: jax.Array) -> None:
     raise ValueError(f"labels must be a [B] vector, got shape {labels.shape}.")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(
-        f"labels must be integers (class ids), got dtype {labels.dtype}."
+      f"labels must be integers (class ids), got dtype {labels.dtype}."
     )
 
 
 def same_label_mask(
-    labels: jax.Array, other_labels: jax.Array | None = None
+  labels: jax.Array, other_labels: jax.Array | None = None
 ) -> jax.Array:
   """Boolean [B, M] mask of pairs (i, j) with labels[i] == other_labels[j].
 
@@ -64,14 +64,14 @@ def check_batch_shape(batch_size: int, images_per_class: int) -> int:
   """Returns P = B / K, or raises ValueError if B is not a multiple of K."""
   if images_per_class < 2:
     raise ValueError(
-        f"images_per_class must be at least 2 to form positive pairs, got "
-        f"{images_per_class}."
+      f"images_per_class must be at least 2 to form positive pairs, got "
+      f"{images_per_class}."
     )
   if batch_size % images_per_class:
     raise ValueError(
-        f"The batch size {batch_size} is not a multiple of images_per_class="
-        f"{images_per_class}: a P×K batch holds P classes × K images each. "
-        f"Use a batch size of P·{images_per_class}."
+      f"The batch size {batch_size} is not a multiple of images_per_class="
+      f"{images_per_class}: a P×K batch holds P classes × K images each. "
+      f"Use a batch size of P·{images_per_class}."
     )
   return batch_size // images_per_class
 
@@ -115,20 +115,20 @@ def check_pk_batch(labels, *, images_per_class: int) -> None:
   singles = [c for c, n in wrong.items() if n == 1]
   listed = ", ".join(f"class {c}: {n}" for c, n in list(wrong.items())[:8])
   detail = (
-      f" Classes with a single image have no positive pair: {singles[:8]}."
-      if singles
-      else ""
+    f" Classes with a single image have no positive pair: {singles[:8]}."
+    if singles
+    else ""
   )
   raise ValueError(
-      f"Not a P×K batch: every class needs exactly images_per_class="
-      f"{images_per_class} images, but {len(wrong)} do not ({listed})."
-      f"{detail} Build batches with a class-balanced sampler, or drop classes "
-      f"with fewer than {images_per_class} images from the split."
+    f"Not a P×K batch: every class needs exactly images_per_class="
+    f"{images_per_class} images, but {len(wrong)} do not ({listed})."
+    f"{detail} Build batches with a class-balanced sampler, or drop classes "
+    f"with fewer than {images_per_class} images from the split."
   )
 
 
 def pk_batch_checks(
-    embeddings: jax.Array, labels: jax.Array, *, images_per_class: int
+  embeddings: jax.Array, labels: jax.Array, *, images_per_class: int
 ) -> None:
   """In-graph checks of a P×K batch, for use under `checkify.checkify`.
 
@@ -146,14 +146,14 @@ def pk_batch_checks(
   _check_labels(labels)
   check_batch_shape(labels.shape[0], images_per_class)
   checkify.check(
-      jnp.all(jnp.isfinite(embeddings)),
-      "embeddings contain NaN or inf: check the inputs and the learning rate.",
+    jnp.all(jnp.isfinite(embeddings)),
+    "embeddings contain NaN or inf: check the inputs and the learning rate.",
   )
   positives = jnp.sum(positive_mask(labels), axis=1)
   checkify.check(
-      jnp.all(positives == images_per_class - 1),
-      "Not a P×K batch: some class does not have exactly images_per_class="
-      f"{images_per_class} images (min positives per image {{}}, max {{}}).",
-      jnp.min(positives),
-      jnp.max(positives),
+    jnp.all(positives == images_per_class - 1),
+    "Not a P×K batch: some class does not have exactly images_per_class="
+    f"{images_per_class} images (min positives per image {{}}, max {{}}).",
+    jnp.min(positives),
+    jnp.max(positives),
   )

@@ -33,13 +33,13 @@ from dmljax.samplers import Triplets
 
 
 def _pair_distances(
-    distances: jax.Array, triplets: Triplets
+  distances: jax.Array, triplets: Triplets
 ) -> tuple[jax.Array, jax.Array]:
   if distances.ndim != 2 or distances.shape[0] != distances.shape[1]:
     raise ValueError(f"distances must be [B, B], got {distances.shape}.")
   if triplets.anchors.ndim != 1:
     raise ValueError(
-        f"triplets must hold [T] index vectors, got {triplets.anchors.shape}."
+      f"triplets must hold [T] index vectors, got {triplets.anchors.shape}."
     )
   positive = distances[triplets.anchors, triplets.positives]
   negative = distances[triplets.anchors, triplets.negatives]
@@ -51,7 +51,7 @@ def _masked(terms: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def contrastive_loss(
-    distances: jax.Array, triplets: Triplets, *, margin: float = 0.2
+  distances: jax.Array, triplets: Triplets, *, margin: float = 0.2
 ) -> tuple[jax.Array, jax.Array]:
   """Contrastive loss terms (Hadsell et al.; Wu et al. Sec. 3).
 
@@ -72,17 +72,17 @@ def contrastive_loss(
   """
   positive, negative = _pair_distances(distances, triplets)
   return (
-      _masked(jnp.square(positive), triplets.mask),
-      _masked(jnp.square(jax.nn.relu(margin - negative)), triplets.mask),
+    _masked(jnp.square(positive), triplets.mask),
+    _masked(jnp.square(jax.nn.relu(margin - negative)), triplets.mask),
   )
 
 
 def triplet_loss(
-    distances: jax.Array,
-    triplets: Triplets,
-    *,
-    margin: float = 0.2,
-    squared: bool = True,
+  distances: jax.Array,
+  triplets: Triplets,
+  *,
+  margin: float = 0.2,
+  squared: bool = True,
 ) -> jax.Array:
   """Triplet loss terms, ℓ2² (FaceNet) or ℓ2 (Wu et al. Sec. 4).
 
@@ -110,11 +110,11 @@ def triplet_loss(
 
 
 def margin_loss(
-    distances: jax.Array,
-    triplets: Triplets,
-    beta: jax.Array | float,
-    *,
-    margin: float = 0.2,
+  distances: jax.Array,
+  triplets: Triplets,
+  beta: jax.Array | float,
+  *,
+  margin: float = 0.2,
 ) -> tuple[jax.Array, jax.Array]:
   """Margin based loss terms (Wu et al. Sec. 4).
 
@@ -140,13 +140,15 @@ def margin_loss(
   """
   positive, negative = _pair_distances(distances, triplets)
   beta = jnp.asarray(beta, distances.dtype)
-  if beta.ndim not in (0, 1) or (beta.ndim == 1 and beta.shape != positive.shape):
+  if beta.ndim not in (0, 1) or (
+    beta.ndim == 1 and beta.shape != positive.shape
+  ):
     raise ValueError(
-        f"beta must be a scalar or [T] = {positive.shape}, got {beta.shape}."
+      f"beta must be a scalar or [T] = {positive.shape}, got {beta.shape}."
     )
   return (
-      _masked(jax.nn.relu(margin + positive - beta), triplets.mask),
-      _masked(jax.nn.relu(margin - negative + beta), triplets.mask),
+    _masked(jax.nn.relu(margin + positive - beta), triplets.mask),
+    _masked(jax.nn.relu(margin - negative + beta), triplets.mask),
   )
 
 
@@ -170,8 +172,7 @@ def npair_loss(similarities: jax.Array) -> jax.Array:
   """
   if similarities.ndim != 2 or similarities.shape[0] != similarities.shape[1]:
     raise ValueError(
-        f"similarities must be [N, N] probes × gallery, got "
-        f"{similarities.shape}."
+      f"similarities must be [N, N] probes × gallery, got {similarities.shape}."
     )
   positive = jnp.diagonal(similarities)
   return jax.nn.logsumexp(similarities, axis=1) - positive
@@ -189,8 +190,8 @@ Loss = Callable[..., jax.Array | tuple[jax.Array, jax.Array]]
 
 # The tuple losses by name; margin_loss also takes β.
 LOSSES: dict[str, Loss] = {
-    "margin": margin_loss,
-    "contrastive": contrastive_loss,
-    "triplet_l2": _triplet_l2,
-    "triplet_l2sq": _triplet_l2sq,
+  "margin": margin_loss,
+  "contrastive": contrastive_loss,
+  "triplet_l2": _triplet_l2,
+  "triplet_l2sq": _triplet_l2sq,
 }

@@ -13,7 +13,8 @@ loss, as in the paper's Table 1; "npair" (DE-DSP eq. 9) forms one
 (probe, gallery) pair per class instead.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -54,8 +55,9 @@ def _tuple_loss(loss, margin, nu, distances, triplets, labels, beta, image_ids):
     if isinstance(beta, Mapping):
       anchor_ids = None if image_ids is None else image_ids[triplets.anchors]
       beta = beta_lib.gather_beta(beta, labels[triplets.anchors], anchor_ids)
-    beta = jnp.broadcast_to(jnp.asarray(beta, distances.dtype),
-                            triplets.mask.shape)
+    beta = jnp.broadcast_to(
+      jnp.asarray(beta, distances.dtype), triplets.mask.shape
+    )
     terms = losses_lib.margin_loss(distances, triplets, beta, margin=margin)
     extra = beta_lib.beta_penalty(beta, triplets.mask, nu=nu)
     return terms, extra, beta
@@ -75,26 +77,26 @@ def _npair(key, embeddings, labels, images_per_class):
   num = similarities.shape[0]
   off_diagonal = ~jnp.eye(num, dtype=bool)
   aux = {
-      "num_tuples": jnp.asarray(num, jnp.int32),
-      "num_active_terms": jnp.sum(terms > 0),
-      "fraction_nonzero": jnp.mean(terms > 0),
-      "mean_positive_distance": jnp.mean(jnp.diagonal(distances)),
-      "mean_negative_distance": jnp.sum(jnp.where(off_diagonal, distances, 0))
-      / max(num * (num - 1), 1),
+    "num_tuples": jnp.asarray(num, jnp.int32),
+    "num_active_terms": jnp.sum(terms > 0),
+    "fraction_nonzero": jnp.mean(terms > 0),
+    "mean_positive_distance": jnp.mean(jnp.diagonal(distances)),
+    "mean_negative_distance": jnp.sum(jnp.where(off_diagonal, distances, 0))
+    / max(num * (num - 1), 1),
   }
   return jnp.mean(terms), aux
 
 
 def make_method(
-    *,
-    sampler: str = "distance_weighted",
-    loss: str = "margin",
-    images_per_class: int = 5,
-    num_negatives: int = 1,
-    margin: float = 0.2,
-    nu: float = 0.0,
-    reduction: str = "nonzero",
-    sampler_kwargs: Mapping[str, Any] | None = None,
+  *,
+  sampler: str = "distance_weighted",
+  loss: str = "margin",
+  images_per_class: int = 5,
+  num_negatives: int = 1,
+  margin: float = 0.2,
+  nu: float = 0.0,
+  reduction: str = "nonzero",
+  sampler_kwargs: Mapping[str, Any] | None = None,
 ) -> Method:
   """Builds method(key, embeddings, labels, beta=None, image_ids=None).
 
@@ -134,16 +136,16 @@ def make_method(
   _choose("reduction", reduction, REDUCTIONS)
   if images_per_class < 2:
     raise ValueError(
-        f"images_per_class must be ≥ 2 to form positive pairs, got "
-        f"{images_per_class}."
+      f"images_per_class must be ≥ 2 to form positive pairs, got "
+      f"{images_per_class}."
     )
   sampler_kwargs = dict(sampler_kwargs or {})
 
   def method(key, embeddings, labels, beta=None, image_ids=None):
     if embeddings.ndim != 2 or embeddings.shape[0] != labels.shape[0]:
       raise ValueError(
-          f"embeddings must be [B, D] with B = len(labels) = "
-          f"{labels.shape[0]}, got {embeddings.shape}."
+        f"embeddings must be [B, D] with B = len(labels) = "
+        f"{labels.shape[0]}, got {embeddings.shape}."
       )
     if loss == NPAIR:
       return _npair(key, embeddings, labels, images_per_class)
@@ -152,12 +154,15 @@ def make_method(
     if sampler == "distance_weighted":
       kwargs.setdefault("dim", embeddings.shape[1])
     triplets = samplers_lib.SAMPLERS[sampler](
-        key, jax.lax.stop_gradient(distances), labels,
-        images_per_class=images_per_class, num_negatives=num_negatives,
-        **kwargs,
+      key,
+      jax.lax.stop_gradient(distances),
+      labels,
+      images_per_class=images_per_class,
+      num_negatives=num_negatives,
+      **kwargs,
     )
     terms, extra, beta_values = _tuple_loss(
-        loss, margin, nu, distances, triplets, labels, beta, image_ids
+      loss, margin, nu, distances, triplets, labels, beta, image_ids
     )
     mask = triplets.mask
     value = _reduce(terms, mask, extra, reduction)
@@ -166,11 +171,11 @@ def make_method(
     positive = distances[triplets.anchors, triplets.positives]
     negative = distances[triplets.anchors, triplets.negatives]
     aux = {
-        "num_tuples": num_tuples,
-        "num_active_terms": active,
-        "fraction_nonzero": active / jnp.maximum(len(terms) * num_tuples, 1),
-        "mean_positive_distance": reductions.masked_mean(positive, mask),
-        "mean_negative_distance": reductions.masked_mean(negative, mask),
+      "num_tuples": num_tuples,
+      "num_active_terms": active,
+      "fraction_nonzero": active / jnp.maximum(len(terms) * num_tuples, 1),
+      "mean_positive_distance": reductions.masked_mean(positive, mask),
+      "mean_negative_distance": reductions.masked_mean(negative, mask),
     }
     if beta_values is not None:
       aux["mean_beta"] = reductions.masked_mean(beta_values, mask)

@@ -6,7 +6,8 @@ subtree gets its own transform (network Adam, β SGD with its own learning
 rate), combined with `optax.partition` as in big_vision.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import optax
 
@@ -14,7 +15,7 @@ from dmljax import beta as beta_lib
 
 
 def partitioned_optimizer(
-    transforms: Mapping[str, optax.GradientTransformation],
+  transforms: Mapping[str, optax.GradientTransformation],
 ) -> optax.GradientTransformation:
   """Applies transforms[name] to params[name] for each top-level key.
 
@@ -31,8 +32,8 @@ def partitioned_optimizer(
     missing = sorted(set(params) - set(transforms))
     if missing:
       raise ValueError(
-          f"No optimiser for parameter subtrees {missing}; transforms are "
-          f"given for {sorted(transforms)}."
+        f"No optimiser for parameter subtrees {missing}; transforms are "
+        f"given for {sorted(transforms)}."
       )
     return {name: name for name in params}
 
@@ -40,12 +41,12 @@ def partitioned_optimizer(
 
 
 def embedding_optimizer(
-    *,
-    learning_rate: float | optax.Schedule = 1e-4,
-    weight_decay: float = 0.0,
-    beta_learning_rate: float = 0.1,
-    beta_momentum: float = 0.9,
-    beta_trainable: Sequence[str] = beta_lib.BETA_PARTS,
+  *,
+  learning_rate: float | optax.Schedule = 1e-4,
+  weight_decay: float = 0.0,
+  beta_learning_rate: float = 0.1,
+  beta_momentum: float = 0.9,
+  beta_trainable: Sequence[str] = beta_lib.BETA_PARTS,
 ) -> optax.GradientTransformation:
   """Adam(W) for the network and SGD for β, the paper's training setup.
 
@@ -60,15 +61,17 @@ def embedding_optimizer(
     beta_trainable: which β parts learn (see `dmljax.beta.beta_optimizer`).
   """
   network = (
-      optax.adamw(learning_rate, weight_decay=weight_decay)
-      if weight_decay
-      else optax.adam(learning_rate)
+    optax.adamw(learning_rate, weight_decay=weight_decay)
+    if weight_decay
+    else optax.adam(learning_rate)
   )
-  return partitioned_optimizer({
+  return partitioned_optimizer(
+    {
       "embed": network,
       "beta": beta_lib.beta_optimizer(
-          learning_rate=beta_learning_rate,
-          momentum=beta_momentum,
-          trainable=beta_trainable,
+        learning_rate=beta_learning_rate,
+        momentum=beta_momentum,
+        trainable=beta_trainable,
       ),
-  })
+    }
+  )

@@ -42,7 +42,7 @@ def masked_mean(terms: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def nonzero_mean(
-    *terms: jax.Array, mask: jax.Array, extra: jax.Array | float = 0.0
+  *terms: jax.Array, mask: jax.Array, extra: jax.Array | float = 0.0
 ) -> jax.Array:
   """(Σ_k Σ_t m_t x_k,t + extra) / max(#{(k, t): m_t, x_k,t > 0}, 1).
 
