@@ -18,7 +18,8 @@ import numpy as np
 from jax.experimental import checkify
 
 
-def _check_labels(labels: jax.Array) -> None:
+def check_labels(labels: jax.Array) -> None:
+  """Raises ValueError unless `labels` is a [B] integer vector."""
   if labels.ndim != 1:
     raise ValueError(f"labels must be a [B] vector, got shape {labels.shape}.")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -35,9 +36,9 @@ def same_label_mask(
   >>> same_label_mask(jnp.array([0, 0, 1]))[0].tolist()
   [True, True, False]
   """
-  _check_labels(labels)
+  check_labels(labels)
   other = labels if other_labels is None else other_labels
-  _check_labels(other)
+  check_labels(other)
   return labels[:, None] == other[None, :]
 
 
@@ -85,7 +86,7 @@ def class_groups(labels: jax.Array, *, images_per_class: int) -> jax.Array:
   >>> class_groups(jnp.array([7, 3, 7, 3]), images_per_class=2).tolist()
   [[1, 3], [0, 2]]
   """
-  _check_labels(labels)
+  check_labels(labels)
   num_classes = check_batch_shape(labels.shape[0], images_per_class)
   order = jnp.argsort(labels, stable=True).astype(jnp.int32)
   return order.reshape(num_classes, images_per_class)
@@ -106,7 +107,7 @@ def check_pk_batch(labels, *, images_per_class: int) -> None:
       or some class does not have exactly K images in the batch.
   """
   labels = np.asarray(labels)
-  _check_labels(labels)
+  check_labels(labels)
   check_batch_shape(labels.shape[0], images_per_class)
   counts = collections.Counter(labels.tolist())
   wrong = {c: n for c, n in sorted(counts.items()) if n != images_per_class}
@@ -143,7 +144,7 @@ def pk_batch_checks(
     labels: [B] integer class ids.
     images_per_class: K.
   """
-  _check_labels(labels)
+  check_labels(labels)
   check_batch_shape(labels.shape[0], images_per_class)
   checkify.check(
     jnp.all(jnp.isfinite(embeddings)),

@@ -28,7 +28,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
+from absl import flags
 
 import dmljax
 from dmljax import beta as beta_lib
@@ -140,7 +141,8 @@ def load_peer():
 
 def bench_peer(torch, x, labels) -> dict:
   """Times PML's miner + loss pairs on the same embeddings."""
-  from pytorch_metric_learning import losses, miners
+  from pytorch_metric_learning import losses
+  from pytorch_metric_learning import miners
 
   pairs = {
     "pml_dw_margin": (
@@ -169,7 +171,9 @@ def bench_peer(torch, x, labels) -> dict:
       return loss.item()
 
     try:
-      results[name] = {k: time_fn(f) for k, f in zip(KEYS, (fwd, fwd_bwd))}
+      results[name] = {
+        k: time_fn(f) for k, f in zip(KEYS, (fwd, fwd_bwd), strict=True)
+      }
     except Exception as e:  # Report the failing peer and keep going.
       results[name] = {"error": f"{type(e).__name__}: {e}"}
   return results

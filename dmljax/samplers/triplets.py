@@ -3,6 +3,12 @@
 Shape letters: B batch, P classes × K images per class (B = P·K), R negatives
 per positive pair (`num_negatives`), T = B·(K − 1)·R tuples.
 
+The samplers are written for the paper's P×K batches but only need each class
+to have at most K images in the batch: a smaller class (the last batch of an
+epoch, a rare class) masks its missing slots, so B need not be a multiple of
+K. Require the exact layout with `dmljax.labels.check_pk_batch` (host) or
+`dmljax.labels.pk_batch_checks` (in-graph, checkify).
+
 Batch construction follows Wu et al. (Sec. 5, after FaceNet): every positive
 pair (a, p), a ≠ p, is used, and for each example of a positive pair one
 negative pair is drawn, so positive and negative pairs are balanced. Every
@@ -49,14 +55,18 @@ def check_inputs(
   images_per_class: int,
   num_negatives: int,
 ) -> None:
-  labels_lib._check_labels(labels)  # pylint: disable=protected-access
+  labels_lib.check_labels(labels)
   batch = labels.shape[0]
   if distances.shape != (batch, batch):
     raise ValueError(
       f"distances must be [B, B] = [{batch}, {batch}] for {batch} labels, "
       f"got shape {distances.shape}."
     )
-  labels_lib.check_batch_shape(batch, images_per_class)
+  if images_per_class < 2:
+    raise ValueError(
+      f"images_per_class must be ≥ 2 to form positive pairs, got "
+      f"{images_per_class}."
+    )
   if num_negatives < 1:
     raise ValueError(f"num_negatives must be ≥ 1, got {num_negatives}.")
 
@@ -64,35 +74,45 @@ def check_inputs(
 def positive_pairs(
   labels: jax.Array, *, images_per_class: int = 5
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """All ordered positive pairs (a, p), a ≠ p, of a P×K batch.
+  """All ordered positive pairs (a, p), a ≠ p, of a batch of ≤ K per class.
+
+  Each anchor gets K − 1 slots for its positives, in batch order. A class with
+  fewer than K images in the batch leaves its extra slots masked; a class
+  with more than K uses only its first K images (`check_pk_batch` and
+  `pk_batch_checks` reject both when an exact P×K batch is required).
 
   Args:
-    labels: [B] int class ids, each class exactly K times, in any order.
+    labels: [B] int class ids, in any order.
     images_per_class: K.
 
   Returns:
-    (anchors, positives, mask), each [B·(K − 1)]: anchor i in batch order,
-    its K − 1 positives in batch order; mask is False for a slot whose pair is
-    not positive (only if the batch is not a valid P×K batch).
+    (anchors, positives, mask), each [B·(K − 1)]; where mask is False the
+    positive index equals the anchor.
 
   >>> a, p, m = positive_pairs(jnp.array([0, 1, 0, 1]), images_per_class=2)
   >>> a.tolist(), p.tolist()
   ([0, 1, 2, 3], [2, 3, 0, 1])
   """
-  k = images_per_class
-  groups = labels_lib.class_groups(labels, images_per_class=k).reshape(-1)
-  batch = labels.shape[0]
-  # slot[i] = position of image i in the label-sorted layout (class g, slot s).
-  slot = jnp.zeros(batch, jnp.int32).at[groups].set(jnp.arange(batch))
+  labels_lib.check_labels(labels)
+  k, batch = images_per_class, labels.shape[0]
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  sorted_labels = labels[order]
+  # position[i]: where image i sits in the label-sorted batch; its class
+  # occupies positions [start, start + count) and it is number `rank` there.
+  position = jnp.zeros(batch, jnp.int32).at[order].set(jnp.arange(batch))
+  start = jnp.searchsorted(sorted_labels, labels, side="left")
+  count = jnp.searchsorted(sorted_labels, labels, side="right") - start
+  rank = position - start
   others = jnp.array(
     [[t for t in range(k) if t != s] for s in range(k)], jnp.int32
-  )  # [K, K-1]: the other slots of a class, in order.
-  start = (slot // k) * k
-  positives = groups[start[:, None] + others[slot % k]]  # [B, K-1]
+  )  # [K, K-1]: the other ranks of a class, in order.
+  slots = others[jnp.minimum(rank, k - 1)]  # [B, K-1]
+  positives = order[jnp.minimum(start[:, None] + slots, batch - 1)]
   anchors = jnp.broadcast_to(
     jnp.arange(batch, dtype=jnp.int32)[:, None], positives.shape
   )
-  mask = (labels[positives] == labels[anchors]) & (positives != anchors)
+  mask = (slots < count[:, None]) & (rank < k)[:, None]
+  positives = jnp.where(mask, positives, anchors)
   return anchors.reshape(-1), positives.reshape(-1), mask.reshape(-1)
 
 
