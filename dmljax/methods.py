@@ -114,7 +114,10 @@ def make_method(
     reduction: "nonzero" (`reductions.nonzero_mean`, the paper's) or "mean"
       (`reductions.masked_mean` over all valid terms).
     sampler_kwargs: extra keyword arguments of the sampler (e.g. cutoff,
-      lower_bound, fallback, method); `dim` defaults to D.
+      lower_bound, fallback, method); `dim` defaults to D. Distance weighted
+      sampling defaults to method="inverse_cdf" here: the same distribution
+      as the reference "categorical" path (a goodness-of-fit test checks
+      it), 5–40× cheaper on CPU.
 
   Returns:
     A pure function (key, embeddings [B, D], labels [B], beta, image_ids [B])
@@ -153,6 +156,7 @@ def make_method(
     kwargs = dict(sampler_kwargs)
     if sampler == "distance_weighted":
       kwargs.setdefault("dim", embeddings.shape[1])
+      kwargs.setdefault("method", "inverse_cdf")
     triplets = samplers_lib.SAMPLERS[sampler](
       key,
       jax.lax.stop_gradient(distances),

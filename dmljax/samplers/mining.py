@@ -33,17 +33,20 @@ def random_sampling(
     Triplets with T = B·(K − 1)·R.
   """
   triplets.check_inputs(distances, labels, images_per_class, num_negatives)
-  negative = labels_lib.negative_mask(labels)
-  draws = (images_per_class - 1, num_negatives)
-  negatives = triplets.inverse_cdf_draws(
-    key, negative.astype(jnp.float32), draws
-  )
-  has_negative = jnp.any(negative, axis=1)[:, None, None]
+  batch = labels.shape[0]
+  # Draw the u-th negative directly: in the label-sorted batch the anchor's
+  # class fills [start, start + count), and its negatives are the rest.
+  order, start, count = triplets.sorted_classes(labels)
+  shape = (batch, images_per_class - 1, num_negatives)
+  num_negative = (batch - count)[:, None, None]
+  u = jax.random.randint(key, shape, 0, jnp.maximum(num_negative, 1))
+  position = jnp.where(u < start[:, None, None], u, u + count[:, None, None])
+  negatives = order[jnp.minimum(position, batch - 1)]
   return triplets.assemble(
     labels,
     images_per_class,
     negatives,
-    jnp.broadcast_to(has_negative, negatives.shape),
+    jnp.broadcast_to(num_negative > 0, shape),
   )
 
 

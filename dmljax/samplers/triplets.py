@@ -24,6 +24,7 @@ Samplers read distances through `stop_gradient`: choosing a tuple is not
 differentiable, and the loss takes its gradient from the same matrix.
 """
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -71,6 +72,31 @@ def check_inputs(
     raise ValueError(f"num_negatives must be ≥ 1, got {num_negatives}.")
 
 
+def sorted_classes(labels: jax.Array):
+  """The label-sorted batch: (order, start, count), each [B] int32.
+
+  `order` sorts the batch by label (stable); image i's class occupies
+  positions [start[i], start[i] + count[i]) of the sorted batch. Computed
+  with cumulative max/min scans rather than binary searches, which lower to
+  loops that cost more than the work at small B.
+  """
+  batch = labels.shape[0]
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  sorted_labels = labels[order]
+  index = jnp.arange(batch, dtype=jnp.int32)
+  first = jnp.concatenate(
+    [jnp.ones(1, bool), sorted_labels[1:] != sorted_labels[:-1]]
+  )
+  last = jnp.concatenate(
+    [sorted_labels[1:] != sorted_labels[:-1], jnp.ones(1, bool)]
+  )
+  begin = jax.lax.cummax(jnp.where(first, index, 0))
+  end = jax.lax.cummin(jnp.where(last, index, batch), reverse=True)
+  start = jnp.zeros(batch, jnp.int32).at[order].set(begin)
+  count = jnp.zeros(batch, jnp.int32).at[order].set(end - begin + 1)
+  return order, start, count
+
+
 def positive_pairs(
   labels: jax.Array, *, images_per_class: int = 5
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -95,13 +121,10 @@ def positive_pairs(
   """
   labels_lib.check_labels(labels)
   k, batch = images_per_class, labels.shape[0]
-  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
-  sorted_labels = labels[order]
+  order, start, count = sorted_classes(labels)
   # position[i]: where image i sits in the label-sorted batch; its class
   # occupies positions [start, start + count) and it is number `rank` there.
   position = jnp.zeros(batch, jnp.int32).at[order].set(jnp.arange(batch))
-  start = jnp.searchsorted(sorted_labels, labels, side="left")
-  count = jnp.searchsorted(sorted_labels, labels, side="right") - start
   rank = position - start
   others = jnp.array(
     [[t for t in range(k) if t != s] for s in range(k)], jnp.int32
@@ -143,29 +166,62 @@ def assemble(
   )
 
 
+def _last_positive(weights: jax.Array) -> jax.Array:
+  """Index of the last positive entry along the last axis (0 if none)."""
+  size = weights.shape[-1]
+  return size - 1 - jnp.argmax(weights[..., ::-1] > 0, axis=-1)
+
+
+def _count_at_most(cumulative: jax.Array, targets: jax.Array) -> jax.Array:
+  """searchsorted(cumulative, targets, side="right") along the last axis.
+
+  A compare-and-count: the rows are short (≤ B / block_size or block_size),
+  and unlike a binary search it has no loop.
+  """
+  return jnp.sum(cumulative <= targets[..., None], axis=-1, dtype=jnp.int32)
+
+
 def inverse_cdf_draws(
-  key: jax.Array, weights: jax.Array, draws: tuple[int, ...]
+  key: jax.Array,
+  weights: jax.Array,
+  draws: tuple[int, ...],
+  *,
+  block_size: int = 64,
 ) -> jax.Array:
-  """Independent draws j ~ weights[i, j] / Σ_j weights[i, j] per row i.
+  """Independent draws j ~ weights[i, j] / Σ_j weights[i, j] for each row i.
+
+  Two-level inverse CDF: a draw first picks a block of `block_size` columns
+  by the cumulative block sums, then a column inside that block by its own
+  cumulative sum. That is the same distribution as one cumulative sum over
+  the row, at the cost of a [B, B] sum instead of a [B, B] scan (XLA's
+  cumulative sum over long rows is several times slower than a sum).
+  Zero-weight columns are never drawn in a row with positive total.
 
   Args:
     key: PRNG key.
-    weights: [B, B] non-negative weights; a row of zeros gives index 0 (the
-      caller masks such rows).
-    draws: the shape of draws per row.
+    weights: [B, M] non-negative weights. A row of zeros yields index 0; the
+      caller masks such rows.
+    draws: the shape of the draws per row.
+    block_size: columns per block.
 
   Returns:
-    [B, *draws] int32 column indices, never one of zero weight in a row with
-    positive total.
+    [B, *draws] int32 column indices.
   """
-  cumulative = jnp.cumsum(weights, axis=1)
-  total = cumulative[:, -1:]
-  uniform = jax.random.uniform(key, (weights.shape[0], *draws), weights.dtype)
-  targets = uniform.reshape(weights.shape[0], -1) * total
-  index = jax.vmap(lambda c, v: jnp.searchsorted(c, v, side="right"))(
-    cumulative, targets
-  )
-  # uniform·total can round up to total; take the last positive entry then.
-  last = weights.shape[1] - 1 - jnp.argmax(weights[:, ::-1] > 0, axis=1)
-  index = jnp.minimum(index, last[:, None])
-  return index.reshape(weights.shape[0], *draws).astype(jnp.int32)
+  rows, size = weights.shape
+  num_blocks = -(-size // block_size)
+  padded = jnp.pad(weights, ((0, 0), (0, num_blocks * block_size - size)))
+  blocks = padded.reshape(rows, num_blocks, block_size)
+  block_sums = jnp.sum(blocks, axis=-1)  # [B, nb]
+  block_cumulative = jnp.cumsum(block_sums, axis=-1)
+  uniform = jax.random.uniform(key, (rows, math.prod(draws)), weights.dtype)
+  targets = uniform * block_cumulative[:, -1:]
+  block = _count_at_most(block_cumulative[:, None, :], targets)
+  # uniform·total can round up to the total: stay on the last non-empty block.
+  block = jnp.minimum(block, _last_positive(block_sums)[:, None])
+  before = jnp.take_along_axis(block_cumulative - block_sums, block, axis=1)
+  residual = jnp.maximum(targets - before, 0.0)
+  inside = jnp.take_along_axis(blocks, block[..., None], axis=1)  # [B, n, S]
+  column = _count_at_most(jnp.cumsum(inside, axis=-1), residual)
+  column = jnp.minimum(column, _last_positive(inside))
+  index = block * block_size + column
+  return index.reshape(rows, *draws).astype(jnp.int32)
