@@ -5,7 +5,9 @@ import os
 # Before jax is imported anywhere: 8 CPU devices for the sharding tests.
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " " + _FLAG
+  ).strip()
 
 import functools  # noqa: E402
 
@@ -17,7 +19,7 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(fn, frozen_static):
   return jax.jit(functools.partial(fn, **dict(frozen_static)))
 

@@ -154,6 +154,32 @@ def positive_pairs(labels) -> list[tuple[int, int]]:
   return pairs
 
 
+def positive_slots(
+  labels, images_per_class=None
+) -> list[tuple[int, int, bool]]:
+  """The K - 1 positive slots of every anchor, in batch order: (a, p, valid).
+
+  Only the first K images of a class (batch order) are anchors or positives;
+  a slot without a positive (a class with fewer than K images, or an image
+  past its class's first K) is (a, a, False). With an exact P x K batch this
+  is positive_pairs with every slot valid.
+  """
+  labels = [int(v) for v in labels]
+  if images_per_class is None:
+    images_per_class = max(labels.count(v) for v in labels)
+  k = images_per_class
+  members = {}
+  for i, v in enumerate(labels):
+    members.setdefault(v, []).append(i)
+  slots = []
+  for a, v in enumerate(labels):
+    first = members[v][:k]
+    others = [p for p in first if p != a] if a in first else []
+    for j in range(k - 1):
+      slots.append((a, others[j], True) if j < len(others) else (a, a, False))
+  return slots
+
+
 def negatives_of(labels, a) -> list[int]:
   return [n for n in range(len(labels)) if labels[n] != labels[a]]
 
@@ -185,13 +211,15 @@ def _by_distance(distances, a, candidates) -> list[int]:
   return sorted(candidates, key=lambda n: (float(distances[a, n]), n))
 
 
-def hard_triplets(distances, labels, *, num_negatives) -> RefTriplets:
+def hard_triplets(
+  distances, labels, *, num_negatives, images_per_class=None
+) -> RefTriplets:
   """Slot r: the anchor's r-th closest negative; none left -> masked."""
   rows = []
-  for a, p in positive_pairs(labels):
+  for a, p, valid in positive_slots(labels, images_per_class):
     ranked = _by_distance(distances, a, negatives_of(labels, a))
     for r in range(num_negatives):
-      if r < len(ranked):
+      if valid and r < len(ranked):
         rows.append((a, p, ranked[r], True))
       else:
         rows.append((a, p, a, False))
@@ -205,16 +233,19 @@ def semihard_triplets(
   num_negatives,
   lower_bound=None,
   fallback="farthest",
+  images_per_class=None,
 ) -> RefTriplets:
   """FaceNet semi-hard: r-th closest n with D_an > D_ap (or > lower_bound)."""
   rows = []
-  for a, p in positive_pairs(labels):
+  for a, p, valid in positive_slots(labels, images_per_class):
     negatives = negatives_of(labels, a)
     bound = distances[a, p] if lower_bound is None else lower_bound
     candidates = [n for n in negatives if distances[a, n] > bound]
     ranked = _by_distance(distances, a, candidates)
     for r in range(num_negatives):
-      if r < len(ranked):
+      if not valid:
+        rows.append((a, p, a, False))
+      elif r < len(ranked):
         rows.append((a, p, ranked[r], True))
       elif not negatives or fallback == "drop":
         rows.append((a, p, a, False))
@@ -384,14 +415,17 @@ def margin_beta_gradients(distances, triplets, beta, *, margin):
 def term_distance_weights(triplets, dterms, num_points) -> np.ndarray:
   """Scatter per-triplet dL/dD_ap, dL/dD_an into a [B, B] weight matrix."""
   w = np.zeros((num_points, num_points))
-  for (a, p, n, m), (gap, gan) in zip(zip(*triplets, strict=True), dterms):
+  rows = zip(*triplets, strict=True)
+  for (a, p, n, m), (gap, gan) in zip(rows, dterms, strict=True):
     if m:
       w[a, p] += gap
       w[a, n] += gan
   return w
 
 
-def contrastive_distance_derivatives(distances, triplets, *, margin, wpos, wneg):
+def contrastive_distance_derivatives(
+  distances, triplets, *, margin, wpos, wneg
+):
   """d(wpos pos + wneg neg)/d(D_ap, D_an) per triplet."""
   out = []
   for a, p, n, _ in zip(*triplets, strict=True):
@@ -414,7 +448,9 @@ def triplet_distance_derivatives(distances, triplets, *, margin, squared):
   return out
 
 
-def margin_distance_derivatives(distances, triplets, beta, *, margin, wpos, wneg):
+def margin_distance_derivatives(
+  distances, triplets, beta, *, margin, wpos, wneg
+):
   beta = np.broadcast_to(np.asarray(beta, np.float64), (len(triplets.mask),))
   out = []
   for t, (a, p, n, _) in enumerate(zip(*triplets, strict=True)):

@@ -63,7 +63,10 @@ def test_squared_flag_equals_squared_kernel(kernel):
 @pytest.mark.parametrize("scale", [1.0, 100.0], ids=["unit", "norm100"])
 def test_diagonal_is_exactly_zero(kernel, scale):
   x = _points(5, 16, 32, scale=scale)
-  for fn in (distances.pairwise_distances, distances.pairwise_squared_distances):
+  for fn in (
+    distances.pairwise_distances,
+    distances.pairwise_squared_distances,
+  ):
     got = np.asarray(kernel(fn)(x))
     assert np.all(np.diag(got) == 0.0), fn.__name__
     assert np.all(got >= 0.0), fn.__name__
