@@ -1,0 +1,97 @@
+"""Atomic, resumable checkpoints of the train state and the data iterator.
+
+A checkpoint holds two items under `<workdir>/checkpoints/<step>/`:
+  * "state": the train state pytree (params, batch stats, optimiser states,
+    step, PRNG key data), saved with Orbax;
+  * "data": the grain iterator state (JSON), so that a resumed run reads
+    exactly the batches the uninterrupted run would have read.
+
+Orbax writes each step to a temporary directory and renames it when complete,
+so a run killed mid-save leaves the previous checkpoint intact and the
+partial one is ignored. Rerunning the same command with the same workdir
+restores the latest complete checkpoint.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores (state, data iterator state) by step.
+
+  Args:
+    directory: where the step folders live (created if missing).
+    max_to_keep: how many recent checkpoints to keep.
+  """
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3):
+    directory = os.path.abspath(directory)
+    try:
+      os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+      raise ValueError(
+        f"Cannot create the checkpoint directory {directory!r} ({error}). "
+        "Choose a --workdir you can write to."
+      ) from error
+    if not os.access(directory, os.W_OK):
+      raise ValueError(
+        f"The checkpoint directory {directory!r} is not writable. Choose a "
+        "--workdir you can write to."
+      )
+    self.directory = directory
+    self._manager = ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+      ),
+      item_names=("state", "data"),
+    )
+
+  def latest_step(self) -> int | None:
+    """The step of the newest complete checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
+    """Saves the state and the data iterator state at `step` (blocking)."""
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+      ),
+      force=True,
+    )
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state: Any, step: int | None = None):
+    """(state, data_state) at `step` (default: the latest).
+
+    Args:
+      abstract_state: a pytree with the structure, shapes and dtypes of the
+        state (e.g. `jax.eval_shape` of its constructor, or the state itself).
+      step: which checkpoint; None for the latest.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint to restore.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=ocp.args.JsonRestore(),
+      ),
+    )
+    return restored["state"], restored["data"]
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,129 @@
+"""What a training run leaves behind: metrics JSONL, progress, plots, summary.
+
+`<workdir>/metrics.jsonl` holds one JSON object per line:
+{"step": int, "kind": "train" | "eval" | "final", <metric>: float, ...}. A
+resumed run first drops the lines written after its checkpoint, so the file
+reads as if the run had never stopped.
+"""
+
+import json
+import os
+import sys
+from typing import Any
+
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class MetricsLog:
+  """Appends metrics to `<workdir>/metrics.jsonl`.
+
+  Args:
+    workdir: the run directory (created if missing).
+    resume_step: the step the run resumes from; lines of later steps (and
+      any "final" line) are dropped, since the resumed run writes them again.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int = 0):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, METRICS_FILE)
+    kept = [
+      record
+      for record in read_metrics(workdir)
+      if record["step"] <= resume_step and record["kind"] != "final"
+    ]
+    temporary = self.path + ".tmp"
+    with open(temporary, "w") as f:
+      f.writelines(json.dumps(record) + "\n" for record in kept)
+    os.replace(temporary, self.path)
+
+  def write(self, step: int, kind: str, values: dict[str, float]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+      f.flush()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The records of `<workdir>/metrics.jsonl` (empty if there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def progress_bar(start: int, total: int) -> tqdm.tqdm:
+  """A progress bar over training steps (steps/s, loss as postfix)."""
+  return tqdm.tqdm(
+    initial=start,
+    total=total,
+    unit="step",
+    dynamic_ncols=True,
+    file=sys.stderr,
+    disable=total == start,
+  )
+
+
+def plot_curves(workdir: str) -> list[str]:
+  """PNG plots of the training loss and of Recall@1 / NMI vs step."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  records = read_metrics(workdir)
+  train = [r for r in records if r["kind"] == "train"]
+  evals = [r for r in records if r["kind"] in ("eval", "final")]
+  paths = []
+  if train:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train])
+    ax.set(xlabel="step", ylabel="training loss", title="Loss")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, workdir, "loss.png"))
+  if evals:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in evals]
+    for name in ("recall@1", "nmi", "map@r"):
+      if name in evals[0]:
+        ax.plot(steps, [r[name] for r in evals], marker="o", label=name)
+    ax.set(xlabel="step", ylabel="held-out metric", title="Evaluation")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths.append(_save(fig, workdir, "eval.png"))
+  return paths
+
+
+def _save(fig, workdir: str, name: str) -> str:
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  path = os.path.join(workdir, name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def summary_table(final: dict[str, float]) -> str:
+  """A two-column text table of the final metrics."""
+  width = max(len(name) for name in final)
+  lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
+  lines += [f"{name.ljust(width)}  {value:.4f}" for name, value in final.items()]
+  return "\n".join(lines)
+
+
+def finish(workdir: str, config, final: dict[str, float]) -> None:
+  """Writes summary.json and the plots, and prints the summary table."""
+  summary = {"config": config.to_dict(), "final": final}
+  temporary = os.path.join(workdir, SUMMARY_FILE + ".tmp")
+  with open(temporary, "w") as f:
+    json.dump(summary, f, indent=2, default=str)
+  os.replace(temporary, os.path.join(workdir, SUMMARY_FILE))
+  plots = plot_curves(workdir)
+  print(f"\nHeld-out classes of {config.data.name}:")
+  print(summary_table(final))
+  print(f"Metrics, plots ({', '.join(os.path.basename(p) for p in plots)}) "
+        f"and checkpoints are in {workdir}")

@@ -1,0 +1,329 @@
+"""Training and evaluation of an embedding: state, steps, loop.
+
+Shape letters: B batch, H × W × 1 images, D embedding dimensions.
+
+The train state is a plain dict pytree (big_vision style, no TrainState
+class):
+
+  {"params": {"embed": network, "beta": β}, "batch_stats": BatchNorm stats,
+   "opt": Optax state, "step": int32, "rng": PRNG key data,
+   "nonfinite_step": int32 (−1 while every loss so far was finite)}
+
+One jitted step embeds the batch, runs the method (sampler + loss, see
+`dmljax.methods`) on the embeddings and applies one Optax update to the
+network (Adam) and β (SGD). A step whose loss or gradients are not finite
+leaves the state unchanged and records its step number, so the last good
+state is never overwritten; the loop stops with an error naming that step.
+
+`train_and_evaluate(config, workdir)` runs the whole job: it resumes from
+the latest checkpoint in `workdir` (data iterator included, so a killed and
+rerun job ends with the same numbers as an uninterrupted one), evaluates on
+the held-out classes, and leaves metrics, plots and checkpoints behind.
+"""
+
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dmljax import beta as beta_lib
+from dmljax import checkpoint as checkpoint_lib
+from dmljax import data as data_lib
+from dmljax import methods as methods_lib
+from dmljax import metrics as metrics_lib
+from dmljax import models as models_lib
+from dmljax import optim
+from dmljax import reporting
+
+# The options of each sampler that a config carries (others take none).
+SAMPLER_OPTIONS = {
+  "random": (),
+  "hard": (),
+  "semihard": ("lower_bound", "fallback"),
+  "distance_weighted": ("cutoff", "nonzero_loss_cutoff", "method"),
+}
+
+
+def make_model(config: ml_collections.ConfigDict):
+  """The embedding network of `config.model`."""
+  kwargs = dict(config.model.backbone_kwargs)
+  return models_lib.make_embedder(
+    config.model.name,
+    embedding_dim=config.model.embedding_dim,
+    dtype=jnp.dtype(config.model.dtype),
+    **kwargs,
+  )
+
+
+def make_method(config: ml_collections.ConfigDict) -> methods_lib.Method:
+  """The (sampler, loss) of `config` as a pure function."""
+  sampler = config.sampler.name
+  if sampler not in SAMPLER_OPTIONS:
+    raise ValueError(
+      f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLER_OPTIONS)}."
+    )
+  options = {
+    name: config.sampler[name]
+    for name in SAMPLER_OPTIONS[sampler]
+    if config.sampler[name] is not None
+  }
+  return methods_lib.make_method(
+    sampler=sampler,
+    loss=config.loss.name,
+    images_per_class=config.data.images_per_class,
+    num_negatives=config.sampler.num_negatives,
+    margin=config.loss.margin,
+    nu=config.loss.nu,
+    reduction=config.loss.reduction,
+    sampler_kwargs=options,
+  )
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  """Adam(W) with warm-up + cosine decay for the network, SGD for β."""
+  schedule = optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=config.optim.learning_rate,
+    warmup_steps=config.optim.warmup_steps,
+    decay_steps=max(config.train.num_steps, config.optim.warmup_steps + 1),
+    end_value=config.optim.learning_rate * config.optim.final_lr_fraction,
+  )
+  return optim.embedding_optimizer(
+    learning_rate=schedule,
+    weight_decay=config.optim.weight_decay,
+    beta_learning_rate=config.beta.learning_rate,
+    beta_momentum=config.beta.momentum,
+    beta_trainable=tuple(config.beta.trainable),
+  )
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  model,
+  tx: optax.GradientTransformation,
+  *,
+  input_shape: tuple[int, ...],
+  num_classes: int,
+  num_images: int,
+) -> dict[str, Any]:
+  """The initial train state (see the module docstring)."""
+  key = jax.random.key(config.seed)
+  init_key, rng = jax.random.split(key)
+  variables = models_lib.init_embedder(model, init_key, input_shape)
+  beta = beta_lib.init_beta(
+    beta0=config.beta.beta0,
+    num_classes=num_classes if config.beta.per_class else None,
+    num_images=num_images if config.beta.per_image else None,
+  )
+  params = {"embed": variables["params"], "beta": beta}
+  return {
+    "params": params,
+    "batch_stats": variables.get("batch_stats", {}),
+    "opt": tx.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "rng": jax.random.key_data(rng),
+    "nonfinite_step": jnp.full((), -1, jnp.int32),
+  }
+
+
+def make_train_step(model, method, tx):
+  """step(state, batch) -> (state, metrics), jitted with the state donated.
+
+  batch: {"image": float32 [B, H, W, 1], "label": int32 [B], "index": int32
+  [B] dataset image ids}. metrics: scalars (loss, the method's aux, β mean,
+  gradient norm, learning-rate-free).
+  """
+
+  def loss_fn(params, batch_stats, key, batch):
+    embeddings, updates = model.apply(
+      {"params": params["embed"], "batch_stats": batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
+    loss, aux = method(
+      key, embeddings, batch["label"], params["beta"], batch["index"]
+    )
+    return loss, (aux, updates.get("batch_stats", batch_stats))
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (aux, batch_stats)), grads = grad_fn(
+      state["params"], state["batch_stats"], key, batch
+    )
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = {
+      "params": params,
+      "batch_stats": batch_stats,
+      "opt": opt,
+      "step": state["step"] + 1,
+      "rng": state["rng"],
+      "nonfinite_step": state["nonfinite_step"],
+    }
+    # A non-finite step keeps the last good state and remembers where it was.
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    first_bad = (state["nonfinite_step"] < 0) & ~finite
+    new["nonfinite_step"] = jnp.where(
+      first_bad, state["step"], state["nonfinite_step"]
+    )
+    beta = params["beta"]["beta0"]
+    metrics = {"loss": loss, "grad_norm": grad_norm, "beta0": beta, **aux}
+    return new, metrics
+
+  return step
+
+
+def make_embed_fn(model):
+  """embed(variables, images [B, H, W, 1]) -> [B, D], jitted, eval mode."""
+
+  @jax.jit
+  def embed(variables, images):
+    return model.apply(variables, images, train=False)
+
+  return embed
+
+
+def embed_split(embed_fn, state, split, *, batch_size: int) -> np.ndarray:
+  """Embeddings [N, D] of every image of `split`, in order."""
+  variables = {
+    "params": state["params"]["embed"],
+    "batch_stats": state["batch_stats"],
+  }
+  chunks = []
+  for batch in data_lib.eval_batches(split, batch_size=batch_size):
+    embeddings = np.asarray(embed_fn(variables, batch["image"]))
+    chunks.append(embeddings[np.asarray(batch["mask"])])
+  return np.concatenate(chunks)
+
+
+def evaluate(embed_fn, state, split, config) -> dict[str, float]:
+  """Recall@k, MAP@R, NMI and F1 on a held-out split."""
+  embeddings = embed_split(
+    embed_fn, state, split, batch_size=config.eval.batch_size
+  )
+  if not np.all(np.isfinite(embeddings)):
+    raise FloatingPointError("The test embeddings contain NaN or inf.")
+  labels = np.asarray(split.labels)
+  recalls = metrics_lib.recall_at_k(
+    embeddings, labels, tuple(config.eval.ks), block_size=config.eval.block_size
+  )
+  result = {f"recall@{k}": float(v) for k, v in recalls.items()}
+  result["map@r"] = float(
+    metrics_lib.map_at_r(embeddings, labels, block_size=config.eval.block_size)
+  )
+  clusters = metrics_lib.clustering_metrics(
+    jax.random.key(config.seed),
+    embeddings,
+    labels,
+    num_iters=config.eval.kmeans_iters,
+    block_size=config.eval.block_size,
+  )
+  result.update({name: float(v) for name, v in clusters.items()})
+  return result
+
+
+def _load_splits(config):
+  kwargs = dict(image_size=config.data.image_size)
+  if config.data.cache_dir:
+    kwargs["cache_dir"] = config.data.cache_dir
+  train = data_lib.load_split(config.data.name, "train", **kwargs)
+  test = data_lib.load_split(config.data.name, "test", **kwargs)
+  if config.eval.max_classes:  # A quick evaluation on the first classes.
+    keep = test.labels < config.eval.max_classes
+    test = data_lib.Split(
+      images=test.images[keep],
+      labels=test.labels[keep],
+      class_names=test.class_names[: config.eval.max_classes],
+      name=test.name,
+    )
+  return train, test
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, float]:
+  """Trains, evaluates and checkpoints; resumes from `workdir` if possible.
+
+  Returns:
+    The final evaluation metrics (also in `workdir/metrics.jsonl` and
+    `workdir/summary.json`).
+  """
+  checkpointer = checkpoint_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.max_to_keep
+  )
+  train_split, test_split = _load_splits(config)
+  model = make_model(config)
+  method = make_method(config)
+  tx = make_optimizer(config)
+  batch_size = config.data.batch_size
+  state = create_train_state(
+    config,
+    model,
+    tx,
+    input_shape=(batch_size, *train_split.images.shape[1:]),
+    num_classes=train_split.num_classes,
+    num_images=len(train_split),
+  )
+  batches = iter(
+    data_lib.pk_batches(
+      train_split,
+      batch_size=batch_size,
+      images_per_class=config.data.images_per_class,
+      seed=config.seed,
+      num_steps=config.train.num_steps,
+      max_shift=config.data.max_shift,
+      flip=config.data.flip,
+      num_workers=config.data.num_workers,
+    )
+  )
+  start = 0
+  if checkpointer.latest_step() is not None:
+    state, data_state = checkpointer.restore(state)
+    batches.set_state(data_state)
+    start = int(state["step"])
+  log = reporting.MetricsLog(workdir, resume_step=start)
+  step_fn = make_train_step(model, method, tx)
+  embed_fn = make_embed_fn(model)
+  num_steps = config.train.num_steps
+
+  def check_finite(state):
+    bad = int(state["nonfinite_step"])
+    if bad >= 0:
+      raise FloatingPointError(
+        f"The loss or its gradients became NaN/inf at step {bad}; the update "
+        f"was skipped and the last checkpoint (step "
+        f"{checkpointer.latest_step()}) was kept. Lower the learning rate "
+        "(--config.optim.learning_rate) or check the inputs."
+      )
+
+  progress = reporting.progress_bar(start, num_steps)
+  for step in range(start + 1, num_steps + 1):
+    state, metrics = step_fn(state, next(batches))
+    if step % config.train.log_every == 0 or step == num_steps:
+      check_finite(state)
+      values = {name: float(v) for name, v in metrics.items()}
+      log.write(step, "train", values)
+      progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+    if step % config.train.eval_every == 0 and step != num_steps:
+      log.write(step, "eval", evaluate(embed_fn, state, test_split, config))
+    if step % config.ckpt.every == 0 or step == num_steps:
+      check_finite(state)
+      checkpointer.save(step, state, batches.get_state())
+    progress.update(1)
+  progress.close()
+  check_finite(state)
+  final = evaluate(embed_fn, state, test_split, config)
+  log.write(num_steps, "final", final)
+  checkpointer.close()
+  reporting.finish(workdir, config, final)
+  return final

@@ -1,0 +1,80 @@
+"""The shared absl entry point of the training drivers.
+
+`run(dataset=...)` rewrites `--config=NAME[:args]` into the config file
+`configs/methods.py:method=NAME,dataset=<dataset>[,args]` (ml_collections
+loads configs by path only), then trains and evaluates with
+`dmljax.train.train_and_evaluate`. Explicit `.py` paths pass through.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from experiments.configs import methods
+
+_CONFIGS = os.path.join(os.path.dirname(__file__), "configs", "methods.py")
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Method config: NAME[:args], NAME one of "
+  + ", ".join(sorted(methods.METHODS))
+  + "; args: smoke (seconds-long run), seed=N. Override any field with "
+  "--config.SECTION.FIELD=VALUE, e.g. --config.train.num_steps=500.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Run directory for checkpoints, metrics.jsonl, plots and summary.json. "
+  "Rerunning with the same workdir resumes. Default: runs/<dataset>/<config>.",
+)
+
+
+def _rewrite_config_arg(argv: list[str], dataset: str) -> list[str]:
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    value = None
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value, i = argv[i + 1], i + 1
+    if value is None:
+      out.append(arg)
+    else:
+      name, _, extra = value.partition(":")
+      if name.endswith(".py"):
+        out.append(f"--config={value}")
+      else:
+        args = f"method={name},dataset={dataset}" + (f",{extra}" if extra else "")
+        out.append(f"--config={_CONFIGS}:{args}")
+    i += 1
+  if not any(a.startswith("--config=") for a in out) and "--help" not in out:
+    out.append(f"--config={_CONFIGS}:dataset={dataset}")
+  return out
+
+
+def run(*, dataset: str) -> None:
+  """Parses flags and runs the training job on `dataset`."""
+  sys.argv = _rewrite_config_arg(sys.argv, dataset)
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from dmljax import train  # pylint: disable=import-outside-toplevel
+
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join(
+      "runs", config.data.name, config.method
+    )
+    logging.info("Config:\n%s", config)
+    train.train_and_evaluate(config, workdir)
+
+  app.run(main)

@@ -1,0 +1,125 @@
+"""The base config: every option with its default, and the dataset defaults.
+
+A config has the sections data, model, sampler, loss, beta, optim, train,
+eval and ckpt. The dataset supplies its defaults (image size, model, steps,
+batch, learning rate); the method (see `methods.py`) supplies sampler and
+loss. Dotted overrides on the command line (`--config.loss.margin=0.1`) are
+applied after both, so they always win.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# Per-dataset defaults: CPU-sized for the embedded data, the paper's for the
+# rest (224 px, ResNet-50, batch 80 for SOP, 128 otherwise).
+DATASETS = {
+  "glyphs": dict(
+    image_size=32, batch_size=120, num_steps=1500, learning_rate=1e-3,
+    model="small", eval_every=500,
+  ),
+  "digits": dict(
+    image_size=8, batch_size=25, num_steps=300, learning_rate=1e-3,
+    model="small", eval_every=100,
+  ),
+}
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses "a=1,b=x,flag" into a ConfigDict over `defaults` (big_vision).
+
+  A bare name sets a boolean default to True; values are converted to the
+  type of their default. Unknown keys raise ValueError listing the known.
+  """
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    name, _, value = item.partition("=")
+    if name not in defaults:
+      raise ValueError(
+        f"Unknown config argument {name!r}; known: {sorted(defaults)}."
+      )
+    default = defaults[name]
+    if not value:
+      if not isinstance(default, bool):
+        raise ValueError(f"Config argument {name!r} needs a value: {name}=...")
+      parsed[name] = True
+    elif isinstance(default, bool):
+      parsed[name] = value.lower() in ("1", "true", "yes")
+    else:
+      parsed[name] = type(default)(value)
+  return parsed
+
+
+def base_config(dataset: str, *, smoke: bool = False) -> ml_collections.ConfigDict:
+  """All options with defaults for `dataset`; `smoke` shrinks to seconds."""
+  if dataset not in DATASETS:
+    raise ValueError(
+      f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}."
+    )
+  d = DATASETS[dataset]
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = dict(
+    name=dataset,
+    image_size=d["image_size"],
+    batch_size=d["batch_size"],
+    images_per_class=5,  # The paper's m = 5.
+    num_workers=0,
+    max_shift=config_dict.placeholder(int),  # None: the dataset's default.
+    flip=False,  # A mirrored glyph or digit is another symbol.
+    cache_dir="",  # "": $DMLJAX_CACHE or ~/.cache/dmljax.
+  )
+  c.model = dict(
+    name=d["model"],
+    embedding_dim=128,
+    dtype="float32",
+    backbone_kwargs={},
+  )
+  c.sampler = dict(
+    name="distance_weighted",
+    num_negatives=1,
+    cutoff=0.5,
+    nonzero_loss_cutoff=1.4,
+    method="inverse_cdf",
+    lower_bound=config_dict.placeholder(float),  # None: D_ap (FaceNet).
+    fallback="farthest",
+  )
+  c.loss = dict(name="margin", margin=0.2, nu=0.0, reduction="nonzero")
+  c.beta = dict(
+    beta0=1.2,
+    per_class=True,
+    per_image=False,
+    trainable=("beta0", "class", "image"),
+    learning_rate=0.1,
+    momentum=0.9,
+  )
+  c.optim = dict(
+    learning_rate=d["learning_rate"],
+    weight_decay=0.0,
+    warmup_steps=50,
+    final_lr_fraction=0.01,
+  )
+  c.train = dict(
+    num_steps=d["num_steps"], log_every=10, eval_every=d["eval_every"]
+  )
+  c.eval = dict(
+    batch_size=500,
+    ks=(1, 2, 4, 8),
+    block_size=1024,
+    kmeans_iters=50,
+    max_classes=0,  # 0: every test class.
+  )
+  c.ckpt = dict(every=250, max_to_keep=2)
+
+  if smoke:  # big_vision's "runlocal": a seconds-long CPU run.
+    c.data.batch_size = 20
+    c.model.backbone_kwargs = {"widths": (8, 16), "features": 32}
+    c.model.embedding_dim = 16
+    c.train.num_steps = 4
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.optim.warmup_steps = 1
+    c.eval.max_classes = 20
+    c.eval.kmeans_iters = 5
+    c.ckpt.every = 2
+  return c
