@@ -1,0 +1,277 @@
+"""Class-balanced P×K batches and padded evaluation batches, on grain.
+
+Shape letters: B = P·K batch, P classes × K images per class (Wu et al.,
+Sec. 5: K = 5), N images, H × W pixels.
+
+A training batch is a pure function of (seed, step): a `grain.MapDataset`
+over the steps 0..num_steps-1 maps each step to its batch. Batches are
+therefore the same with any number of worker processes, and the iterator's
+state is just where it is in that sequence: `iterator.get_state()` is a
+JSON-serialisable dict, and a fresh iterator given it by `set_state` goes on
+with exactly the batches the first would have produced (restore with the same
+`num_workers`: grain's state layout depends on it).
+
+Within a batch: P distinct classes, drawn uniformly; K images of each, drawn
+without replacement, or with replacement from a class with fewer than K
+images (it then repeats images). The batch lists the classes one after the
+other, K images each. Images are shifted at random (padding and a random
+crop), optionally mirrored, and returned as float32 in [0, 1].
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+from absl import flags
+
+from dmljax.data import augment
+from dmljax.data.split import Split
+from dmljax.labels import check_batch_shape
+
+_READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+_ENDLESS = 2**62
+
+
+def _num_classes(batch_size: int, images_per_class: int) -> int:
+  """P = B / K; ValueError unless B is a positive multiple of K ≥ 2."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  return check_batch_shape(batch_size, images_per_class)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Members:
+  """Class c's images: order[starts[c] : starts[c] + counts[c]].
+
+  `classes` lists the labels that have images.
+  """
+
+  order: np.ndarray
+  starts: np.ndarray
+  counts: np.ndarray
+  classes: np.ndarray
+
+  @classmethod
+  def of(cls, labels: np.ndarray) -> "_Members":
+    if labels.ndim != 1 or labels.size == 0 or labels.min() < 0:
+      raise ValueError(
+        f"labels must be a non-empty [N] vector of class ids >= 0, got "
+        f"shape {labels.shape}."
+      )
+    counts = np.bincount(labels)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    order = np.argsort(labels, kind="stable")
+    return cls(order, starts, counts, np.flatnonzero(counts))
+
+
+def _rngs(seed: int, step: int) -> list[np.random.Generator]:
+  """Independent generators for sampling and augmenting batch `step`."""
+  sequence = np.random.SeedSequence([seed, step])
+  return [np.random.default_rng(child) for child in sequence.spawn(2)]
+
+
+def _sampled(
+  rng: np.random.Generator,
+  members: _Members,
+  num_classes: int,
+  images_per_class: int,
+) -> np.ndarray:
+  classes = rng.choice(members.classes, num_classes, replace=False)
+  picks = [
+    members.starts[c]
+    + rng.choice(
+      members.counts[c],
+      images_per_class,
+      replace=members.counts[c] < images_per_class,
+    )
+    for c in classes
+  ]
+  return members.order[np.concatenate(picks)].astype(np.int32)
+
+
+def pk_indices(
+  labels: np.ndarray,
+  step: int,
+  *,
+  batch_size: int,
+  images_per_class: int = 5,
+  seed: int = 0,
+) -> np.ndarray:
+  """The image ids of P×K batch `step`, a pure function of (seed, step).
+
+  Args:
+    labels: int [N] class of each image, in 0..C-1.
+    step: the batch number, non-negative.
+    batch_size: B, a multiple of `images_per_class`.
+    images_per_class: K.
+    seed: a non-negative integer.
+
+  Returns:
+    int32 [B]: P classes one after the other, K image ids each.
+
+  >>> labels = np.repeat(np.arange(4), 3)
+  >>> ids = pk_indices(labels, 0, batch_size=4, images_per_class=2)
+  >>> np.unique(labels[ids], return_counts=True)[1].tolist()
+  [2, 2]
+  """
+  num_classes = _num_classes(batch_size, images_per_class)
+  members = _Members.of(np.asarray(labels))
+  _check_classes(members, num_classes, batch_size)
+  return _sampled(_rngs(seed, step)[0], members, num_classes, images_per_class)
+
+
+def _check_classes(members: _Members, num_classes: int, batch_size: int):
+  available = members.classes.size
+  if available < num_classes:
+    raise ValueError(
+      f"A batch of {batch_size} needs P = {num_classes} classes, but the "
+      f"data has only {available}: lower batch_size or raise images_per_class."
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _PKBatch:
+  """Maps a step to its P×K batch dict (picklable, for worker processes)."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  members: _Members
+  num_classes: int
+  images_per_class: int
+  seed: int
+  max_shift: int
+  flip: bool
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    sampling, augmenting = _rngs(self.seed, int(step))
+    ids = _sampled(
+      sampling, self.members, self.num_classes, self.images_per_class
+    )
+    images = augment.augmented(
+      augmenting, self.images[ids], max_shift=self.max_shift, flip=self.flip
+    )
+    return {
+      "image": augment.to_float(images),
+      "label": self.labels[ids],
+      "index": ids,
+    }
+
+
+def _iterable(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+  if num_workers < 0:
+    raise ValueError(f"num_workers must be non-negative, got {num_workers}.")
+  iterable = dataset.to_iter_dataset(_READ_OPTIONS)
+  if num_workers == 0:
+    return iterable
+  if not flags.FLAGS.is_parsed():
+    raise RuntimeError(
+      "grain's worker processes read absl flags, which are not parsed yet: "
+      "run under absl.app.run, call absl.flags.FLAGS.mark_as_parsed(), or "
+      "use num_workers=0."
+    )
+  options = grain.MultiprocessingOptions(num_workers=num_workers)
+  return iterable.mp_prefetch(options)
+
+
+def pk_batches(
+  split: Split,
+  *,
+  batch_size: int,
+  images_per_class: int = 5,
+  seed: int = 0,
+  num_steps: int | None = None,
+  max_shift: int | None = None,
+  flip: bool = False,
+  num_workers: int = 0,
+) -> grain.IterDataset:
+  """Class-balanced training batches of a split, as a grain dataset.
+
+  Args:
+    split: the images and labels to draw from.
+    batch_size: B = P·K.
+    images_per_class: K, at least 2.
+    seed: a non-negative integer; batch `step` depends on (seed, step) only.
+    num_steps: the number of batches; None for endless.
+    max_shift: shift augmentation in pixels (see `augment.random_shift`);
+      None for max(1, H // 16), 0 for none.
+    flip: mirror images at random (off for glyphs and digits: a mirrored
+      glyph is another glyph).
+    num_workers: grain worker processes; 0 makes batches in this process.
+
+  Returns:
+    An iterable whose `iter()` is a checkpointable `grain.DatasetIterator`
+    of dicts: "image" float32 [B, H, W, 1] in [0, 1], "label" int32 [B],
+    "index" int32 [B] (ids of the images in `split`).
+
+  >>> from dmljax.data.embedded import load_split
+  >>> batches = pk_batches(load_split("digits", "train"), batch_size=10)
+  >>> batch = next(iter(batches))
+  >>> batch["image"].shape, np.unique(batch["label"], return_counts=True)[1]
+  ((10, 8, 8, 1), array([5, 5]))
+  """
+  num_classes = _num_classes(batch_size, images_per_class)
+  members = _Members.of(split.labels)
+  _check_classes(members, num_classes, batch_size)
+  if seed < 0:
+    raise ValueError(f"seed must be non-negative, got {seed}.")
+  if max_shift is None:
+    max_shift = max(1, split.images.shape[1] // 16)
+  make_batch = _PKBatch(
+    images=split.images,
+    labels=split.labels,
+    members=members,
+    num_classes=num_classes,
+    images_per_class=images_per_class,
+    seed=seed,
+    max_shift=max_shift,
+    flip=flip,
+  )
+  steps = grain.MapDataset.range(_ENDLESS if num_steps is None else num_steps)
+  return _iterable(steps.map(make_batch), num_workers)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _EvalBatch:
+  """Maps a batch number to its padded evaluation batch dict."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  batch_size: int
+
+  def __call__(self, number: int) -> dict[str, np.ndarray]:
+    start = int(number) * self.batch_size
+    ids = np.arange(start, start + self.batch_size)
+    mask = ids < self.labels.size
+    ids = np.where(mask, ids, -1).astype(np.int32)
+    images = np.where(mask[:, None, None, None], self.images[ids], 0)
+    return {
+      "image": augment.to_float(images),
+      "label": np.where(mask, self.labels[ids], -1).astype(np.int32),
+      "index": ids,
+      "mask": mask,
+    }
+
+
+def eval_batches(
+  split: Split, *, batch_size: int, num_workers: int = 0
+) -> grain.IterDataset:
+  """Every image of a split once, in order, in fixed-size batches.
+
+  The last batch is padded to B; its padding has mask False, a zero image,
+  label -1 and index -1. There are ⌈N / B⌉ batches; no augmentation.
+
+  Args:
+    split: the images and labels.
+    batch_size: B.
+    num_workers: grain worker processes; 0 makes batches in this process.
+
+  Returns:
+    A grain dataset of dicts: "image" float32 [B, H, W, 1] in [0, 1],
+    "label" int32 [B], "index" int32 [B], "mask" bool [B].
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  num_batches = -(-len(split) // batch_size)
+  make_batch = _EvalBatch(split.images, split.labels, batch_size)
+  dataset = grain.MapDataset.range(num_batches).map(make_batch)
+  return _iterable(dataset, num_workers)
