@@ -145,6 +145,9 @@ def make_method(
   sampler_kwargs = dict(sampler_kwargs or {})
 
   def method(key, embeddings, labels, beta=None, image_ids=None):
+    labels = jnp.asarray(labels)
+    if image_ids is not None:
+      image_ids = jnp.asarray(image_ids)
     if embeddings.ndim != 2 or embeddings.shape[0] != labels.shape[0]:
       raise ValueError(
         f"embeddings must be [B, D] with B = len(labels) = "

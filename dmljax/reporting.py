@@ -111,7 +111,9 @@ def summary_table(final: dict[str, float]) -> str:
   """A two-column text table of the final metrics."""
   width = max(len(name) for name in final)
   lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
-  lines += [f"{name.ljust(width)}  {value:.4f}" for name, value in final.items()]
+  lines += [
+    f"{name.ljust(width)}  {value:.4f}" for name, value in final.items()
+  ]
   return "\n".join(lines)
 
 
@@ -125,5 +127,7 @@ def finish(workdir: str, config, final: dict[str, float]) -> None:
   plots = plot_curves(workdir)
   print(f"\nHeld-out classes of {config.data.name}:")
   print(summary_table(final))
-  print(f"Metrics, plots ({', '.join(os.path.basename(p) for p in plots)}) "
-        f"and checkpoints are in {workdir}")
+  print(
+    f"Metrics, plots ({', '.join(os.path.basename(p) for p in plots)}) "
+    f"and checkpoints are in {workdir}"
+  )

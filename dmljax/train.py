@@ -153,14 +153,16 @@ def make_train_step(model, method, tx):
 
   @functools.partial(jax.jit, donate_argnums=0)
   def step(state, batch):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    key = jax.random.fold_in(
+      jax.random.wrap_key_data(state["rng"]), state["step"]
+    )
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (aux, batch_stats)), grads = grad_fn(
       state["params"], state["batch_stats"], key, batch
     )
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = {
       "params": params,
@@ -174,7 +176,7 @@ def make_train_step(model, method, tx):
     new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
     first_bad = (state["nonfinite_step"] < 0) & ~finite
     new["nonfinite_step"] = jnp.where(
-      first_bad, state["step"], state["nonfinite_step"]
+      first_bad, state["step"] + 1, state["nonfinite_step"]
     )
     beta = params["beta"]["beta0"]
     metrics = {"loss": loss, "grad_norm": grad_norm, "beta0": beta, **aux}

@@ -51,7 +51,9 @@ def _rewrite_config_arg(argv: list[str], dataset: str) -> list[str]:
       if name.endswith(".py"):
         out.append(f"--config={value}")
       else:
-        args = f"method={name},dataset={dataset}" + (f",{extra}" if extra else "")
+        args = f"method={name},dataset={dataset}" + (
+          f",{extra}" if extra else ""
+        )
         out.append(f"--config={_CONFIGS}:{args}")
     i += 1
   if not any(a.startswith("--config=") for a in out) and "--help" not in out:

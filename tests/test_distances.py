@@ -114,8 +114,8 @@ def test_gradient_matches_reference(kernel, jit):
 @pytest.mark.parametrize(
   "case", ["diagonal", "duplicate_rows", "all_identical", "cross_identical"]
 )
-def test_gradient_finite_and_zero_at_coincidence(kernel, jit, case):
-  f = kernel(distances.pairwise_distances, jit=jit)
+def test_gradient_finite_and_zero_at_coincidence(kernel, case):
+  f = kernel(distances.pairwise_distances)
   x = _points(11, 6, 8)
   if case == "diagonal":
     grad = jax.grad(lambda e: jnp.trace(f(e)))(x)

@@ -98,7 +98,8 @@ def _row_log_weights(distances, labels, dim, cutoff, nonzero_loss_cutoff):
       f"distances must be [B, B] for {labels.shape[0]} labels, got "
       f"{distances.shape}."
     )
-  distances = jax.lax.stop_gradient(distances)
+  distances = jax.lax.stop_gradient(jnp.asarray(distances))
+  labels = jnp.asarray(labels)
   usable = labels_lib.negative_mask(labels) & (distances < nonzero_loss_cutoff)
   # Clip into [cutoff, 2): log(1 − d²/4) is −inf at d = 2 (antipodes).
   clipped = jnp.clip(distances, cutoff, 2.0 - 1e-6)
@@ -151,7 +152,9 @@ def distance_weighted_sampling(
     raise ValueError(
       f"Unknown method {method!r}; choose one of {DISTANCE_WEIGHTED_METHODS}."
     )
-  triplets.check_inputs(distances, labels, images_per_class, num_negatives)
+  distances, labels = triplets.check_inputs(
+    distances, labels, images_per_class, num_negatives
+  )
   # Categorical and inverse-CDF draws need no normaliser: both read the
   # row-max-shifted log-weights (the row's best entry has weight exactly 1).
   shifted, has_usable = _row_log_weights(

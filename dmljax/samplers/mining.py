@@ -32,7 +32,9 @@ def random_sampling(
   Returns:
     Triplets with T = B·(K − 1)·R.
   """
-  triplets.check_inputs(distances, labels, images_per_class, num_negatives)
+  distances, labels = triplets.check_inputs(
+    distances, labels, images_per_class, num_negatives
+  )
   batch = labels.shape[0]
   # Draw the u-th negative directly: in the label-sorted batch the anchor's
   # class fills [start, start + count), and its negatives are the rest.
@@ -81,7 +83,9 @@ def hard_sampling(
     Triplets with T = B·(K − 1)·R.
   """
   del key
-  triplets.check_inputs(distances, labels, images_per_class, num_negatives)
+  distances, labels = triplets.check_inputs(
+    distances, labels, images_per_class, num_negatives
+  )
   distances = jax.lax.stop_gradient(distances)
   indices, found = _closest(
     distances, labels_lib.negative_mask(labels), num_negatives
@@ -134,7 +138,9 @@ def semihard_sampling(
     raise ValueError(
       f"Unknown fallback {fallback!r}; choose one of {SEMIHARD_FALLBACKS}."
     )
-  triplets.check_inputs(distances, labels, images_per_class, num_negatives)
+  distances, labels = triplets.check_inputs(
+    distances, labels, images_per_class, num_negatives
+  )
   distances = jax.lax.stop_gradient(distances)
   anchors, positives, _ = triplets.positive_pairs(
     labels, images_per_class=images_per_class
@@ -146,7 +152,9 @@ def semihard_sampling(
   else:
     threshold = jnp.asarray(lower_bound, distances.dtype)
   anchor_distances = distances[:, None, :]  # [B, 1, B]
-  candidates = negative[:, None, :] & (anchor_distances > threshold)
+  candidates = jnp.broadcast_to(  # [B, K-1, B], also for a scalar bound.
+    negative[:, None, :] & (anchor_distances > threshold), (batch, k - 1, batch)
+  )
   indices, found = _closest(
     jnp.broadcast_to(anchor_distances, candidates.shape),
     candidates,

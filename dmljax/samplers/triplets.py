@@ -55,7 +55,12 @@ def check_inputs(
   labels: jax.Array,
   images_per_class: int,
   num_negatives: int,
-) -> None:
+) -> tuple[jax.Array, jax.Array]:
+  """Validates shapes; returns (distances, labels) as JAX arrays.
+
+  Converting here lets NumPy inputs be closed over inside a user's `jit`.
+  """
+  distances, labels = jnp.asarray(distances), jnp.asarray(labels)
   labels_lib.check_labels(labels)
   batch = labels.shape[0]
   if distances.shape != (batch, batch):
@@ -70,6 +75,7 @@ def check_inputs(
     )
   if num_negatives < 1:
     raise ValueError(f"num_negatives must be ≥ 1, got {num_negatives}.")
+  return distances, labels
 
 
 def sorted_classes(labels: jax.Array):
@@ -119,6 +125,7 @@ def positive_pairs(
   >>> a.tolist(), p.tolist()
   ([0, 1, 2, 3], [2, 3, 0, 1])
   """
+  labels = jnp.asarray(labels)
   labels_lib.check_labels(labels)
   k, batch = images_per_class, labels.shape[0]
   order, start, count = sorted_classes(labels)
@@ -223,5 +230,7 @@ def inverse_cdf_draws(
   inside = jnp.take_along_axis(blocks, block[..., None], axis=1)  # [B, n, S]
   column = _count_at_most(jnp.cumsum(inside, axis=-1), residual)
   column = jnp.minimum(column, _last_positive(inside))
-  index = block * block_size + column
+  index = jnp.minimum(block * block_size + column, size - 1)
+  # A row without weight has no distribution: return the documented 0.
+  index = jnp.where(block_cumulative[:, -1:] > 0, index, 0)
   return index.reshape(rows, *draws).astype(jnp.int32)

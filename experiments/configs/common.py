@@ -14,12 +14,20 @@ from ml_collections import config_dict
 # rest (224 px, ResNet-50, batch 80 for SOP, 128 otherwise).
 DATASETS = {
   "glyphs": dict(
-    image_size=32, batch_size=120, num_steps=1500, learning_rate=1e-3,
-    model="small", eval_every=500,
+    image_size=32,
+    batch_size=120,
+    num_steps=1500,
+    learning_rate=1e-3,
+    model="small",
+    eval_every=500,
   ),
   "digits": dict(
-    image_size=8, batch_size=25, num_steps=300, learning_rate=1e-3,
-    model="small", eval_every=100,
+    image_size=8,
+    batch_size=25,
+    num_steps=300,
+    learning_rate=1e-3,
+    model="small",
+    eval_every=100,
   ),
 }
 
@@ -49,7 +57,9 @@ def parse_arg(arg: str | None, **defaults):
   return parsed
 
 
-def base_config(dataset: str, *, smoke: bool = False) -> ml_collections.ConfigDict:
+def base_config(
+  dataset: str, *, smoke: bool = False
+) -> ml_collections.ConfigDict:
   """All options with defaults for `dataset`; `smoke` shrinks to seconds."""
   if dataset not in DATASETS:
     raise ValueError(

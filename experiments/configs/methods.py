@@ -19,7 +19,8 @@ METHODS = {
   "margin_semihard": ("semihard", "margin", {"sampler.lower_bound": 0.5}),
   "margin_random": ("random", "margin", {}),
   "margin_dw_fixed_beta": (
-    "distance_weighted", "margin",
+    "distance_weighted",
+    "margin",
     {"beta.per_class": False, "beta.trainable": ()},
   ),
   "triplet_l2_dw": ("distance_weighted", "triplet_l2", {}),
@@ -28,7 +29,8 @@ METHODS = {
   "triplet_l2sq_semihard": ("semihard", "triplet_l2sq", {}),
   "contrastive_random": ("random", "contrastive", {"loss.margin": 1.0}),
   "contrastive_semihard": (
-    "semihard", "contrastive",
+    "semihard",
+    "contrastive",
     {"loss.margin": 1.0, "sampler.lower_bound": 0.5},
   ),
   "contrastive_dw": ("distance_weighted", "contrastive", {"loss.margin": 1.0}),

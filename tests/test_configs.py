@@ -1,0 +1,82 @@
+"""Every named config builds and locks; the CLI rewrites --config names."""
+
+import ml_collections
+import pytest
+
+from experiments import _cli
+from experiments.configs import common
+from experiments.configs import methods
+
+
+@pytest.mark.parametrize("dataset", sorted(common.DATASETS))
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_every_config_builds_and_locks(name, dataset):
+  config = methods.get_config(f"method={name},dataset={dataset}")
+  sampler, loss, overrides = methods.METHODS[name]
+  assert (config.sampler.name, config.loss.name) == (sampler, loss)
+  assert config.data.name == dataset
+  for dotted, value in overrides.items():
+    section, field = dotted.split(".")
+    assert config[section][field] == value
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.loss.margni = 0.1  # A mistyped key is an error once locked.
+
+
+def test_paper_defaults():
+  config = methods.get_config()
+  assert config.method == "margin_dw"
+  assert config.loss.margin == pytest.approx(0.2)  # α
+  assert config.beta.beta0 == pytest.approx(1.2)  # β⁽⁰⁾
+  assert config.data.images_per_class == 5  # m
+  assert config.model.embedding_dim == 128
+  assert (config.sampler.cutoff, config.sampler.nonzero_loss_cutoff) == (
+    0.5,
+    1.4,
+  )
+
+
+def test_smoke_and_seed_args():
+  config = methods.get_config("method=margin_dw,dataset=digits,smoke,seed=3")
+  assert config.seed == 3
+  assert config.train.num_steps < 10
+
+
+@pytest.mark.parametrize(
+  "arg,match",
+  [
+    ("method=nope", "Unknown config 'nope'"),
+    ("dataset=sop2", "Unknown dataset"),
+    ("colour=red", "Unknown config argument 'colour'"),
+    ("seed", "needs a value"),
+  ],
+  ids=["method", "dataset", "key", "missing-value"],
+)
+def test_bad_config_args_raise(arg, match):
+  with pytest.raises(ValueError, match=match):
+    methods.get_config(arg)
+
+
+def test_parse_arg_types():
+  parsed = common.parse_arg("a=3,b=x,c", a=1, b="y", c=False)
+  assert parsed == ml_collections.ConfigDict({"a": 3, "b": "x", "c": True})
+
+
+@pytest.mark.parametrize(
+  "argv,expected",
+  [
+    (["--config=margin_dw"], "method=margin_dw,dataset=glyphs"),
+    (["--config", "margin_dw:smoke"], "method=margin_dw,dataset=glyphs,smoke"),
+    ([], "dataset=glyphs"),
+  ],
+  ids=["equals", "space-and-args", "default"],
+)
+def test_cli_rewrites_config_names(argv, expected):
+  out = _cli._rewrite_config_arg(["prog", *argv], "glyphs")
+  assert out[0] == "prog"
+  assert out[-1].endswith("configs/methods.py:" + expected)
+
+
+def test_cli_passes_explicit_paths_through():
+  out = _cli._rewrite_config_arg(["prog", "--config=/x/my.py:a"], "digits")
+  assert out == ["prog", "--config=/x/my.py:a"]
