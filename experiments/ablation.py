@@ -1,7 +1,8 @@
 """The paper's Table 1 grid (sampler × loss) on one dataset, over seeds.
 
   python -m experiments.ablation --dataset=glyphs --seeds=3
-  python -m experiments.ablation --dataset=digits --methods=margin_dw,contrastive_random
+  python -m experiments.ablation --dataset=digits \
+    --methods=margin_dw,contrastive_random
 
 Each (method, seed) is an ordinary training run in
 `<workdir>/<method>/seed<N>` (so an interrupted ablation resumes where it
