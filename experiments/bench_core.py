@@ -1,13 +1,12 @@
 """Benchmarks dmljax's core methods (sampler x loss), optionally vs PML.
 
-Times `jax.jit(loss_fn)` (forward) and `jax.jit(jax.value_and_grad(loss_fn))`
-(forward+backward, gradients w.r.t. the embeddings and beta) of
-`dmljax.methods.make_method` for each batch size, sampler and loss, on
-unit-norm random float32 embeddings with K images per class (labels shuffled;
-B is rounded to the nearest multiple of K: 512 -> 510, 2048 -> 2050).
-Each cell is compiled and warmed up first; then the median and interquartile
-range (IQR) of repeated calls are reported, with the repeat count scaled so
-that a cell takes about --budget_s seconds (--min_repeats to --repeats calls).
+Times `jax.jit(loss_fn)` (fwd) and `jax.jit(jax.value_and_grad(loss_fn))`
+(fwd_bwd: gradients w.r.t. the embeddings and beta) of `make_method` for each
+batch size, sampler and loss, on unit-norm random float32 embeddings with K
+images per class (labels shuffled; when K does not divide B the last class is
+smaller: 2048 = 409 x 5 + 3, which the samplers mask). After compilation and
+warm-up, the median and IQR of --min_repeats to --repeats calls (about
+--budget_s seconds) are reported.
 
 If `torch` and `pytorch_metric_learning` (PML) import and --peer=auto, the
 same embeddings go through PML's DistanceWeightedMiner + MarginLoss (learned
@@ -45,7 +44,9 @@ _MIN_REPEATS = flags.DEFINE_integer("min_repeats", 3, "Min timed calls.")
 _BUDGET = flags.DEFINE_float("budget_s", 1.0, "Aimed timed seconds per cell.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of embeddings and labels.")
 _OUT = flags.DEFINE_string("out", "bench_results/bench_core.json", "JSON path.")
-_PEER = flags.DEFINE_enum("peer", "auto", ["auto", "off"], "auto: add PML.")
+_PEER = flags.DEFINE_enum(
+  "peer", "auto", ["auto", "off"], "auto: time PML too."
+)
 # Benchmark sampler name -> (dmljax sampler name, sampler_kwargs).
 # "distance_weighted" uses make_method's default draw method.
 SAMPLERS = {
@@ -56,7 +57,7 @@ SAMPLERS = {
   "dw_categorical": ("distance_weighted", {"method": "categorical"}),
 }
 LOSSES = ["margin", "triplet_l2", "triplet_l2sq", "contrastive"]
-_SAMPLERS = flags.DEFINE_list("samplers", list(SAMPLERS), "Of SAMPLERS.")
+_SAMPLERS = flags.DEFINE_list("samplers", list(SAMPLERS), "Keys of SAMPLERS.")
 _LOSSES = flags.DEFINE_list("losses", LOSSES, f"Losses, of {LOSSES}.")
 # PML peer name -> the dmljax (sampler, loss) cells it is compared with.
 PEER_PAIRS = {
@@ -94,7 +95,8 @@ def make_batch(b: int, d: int, k: int, seed: int):
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((b, d)).astype(np.float32)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
-  labels = rng.permutation(np.repeat(np.arange(b // k), k)).astype(np.int32)
+  classes = np.repeat(np.arange(-(-b // k)), k)[:b]  # Last class may be short.
+  labels = rng.permutation(classes).astype(np.int32)
   return x, labels
 
 
@@ -121,12 +123,14 @@ def bench_dmljax(x, labels, sampler: str, loss: str) -> dict:
 def load_peer():
   """Returns (torch, pml) or None, printing why when unavailable."""
   if _PEER.value == "off":
-    return print("Peer: disabled (--peer=off).")
+    print("Peer: disabled (--peer=off).")
+    return None
   try:
     import pytorch_metric_learning as pml
     import torch
   except ImportError as e:
-    return print(f"Peer: skipped, torch/PML do not import ({e}).")
+    print(f"Peer: skipped, torch/pytorch_metric_learning do not import ({e}).")
+    return None
   return torch, pml
 
 
@@ -213,11 +217,11 @@ def compare(theirs: dict, ours: dict) -> dict:
 
 def bench_size(requested: int, peer) -> tuple[list, list]:
   """Benchmarks every dmljax cell and peer pair at one batch size."""
-  b = _K.value * max(1, round(requested / _K.value))  # Exactly K per class.
+  b = requested
   load = os.getloadavg()[0]  # Other processes skew timings on a small box.
   print(
-    f"# B={b} (requested {requested}): {b // _K.value} classes x "
-    f"K={_K.value}; 1-min load average before: {load:.2f}",
+    f"# B={b}: {-(-b // _K.value)} classes of K={_K.value} (the last may be "
+    f"short); 1-min load average before: {load:.2f}",
     flush=True,
   )
   x, labels = make_batch(b, _DIM.value, _K.value, _SEED.value)
@@ -259,6 +263,8 @@ def print_speedups(speedups: list) -> None:
 
 def main(argv):
   del argv
+  if unknown := set(_SAMPLERS.value) - set(SAMPLERS):
+    raise app.UsageError(f"Unknown --samplers {sorted(unknown)}.")
   peer = load_peer()
   info = machine_info(peer)
   threads = "XLA CPU default pool (all cores)"
