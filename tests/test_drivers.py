@@ -1,0 +1,68 @@
+"""Each absl driver runs end to end for a few steps (the `smoke` configs)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+  result = subprocess.run(
+    [sys.executable, "-m", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("driver", ["glyphs", "digits"])
+def test_training_driver_smoke(driver, tmp_path):
+  result = _run(
+    f"experiments.{driver}", "--config=margin_dw:smoke", f"--workdir={tmp_path}"
+  )
+  assert "recall@1" in result.stdout
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["config"]["data"]["name"] == driver
+  assert 0.0 <= summary["final"]["recall@1"] <= 1.0
+
+
+def test_driver_rejects_an_unknown_config(tmp_path):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.digits",
+      "--config=margin_dx",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode != 0
+  assert "Unknown config 'margin_dx'" in result.stderr
+
+
+@pytest.mark.slow
+def test_ablation_smoke(tmp_path):
+  _run(
+    "experiments.ablation",
+    "--dataset=digits",
+    "--seeds=2",
+    "--methods=margin_dw,contrastive_random",
+    "--smoke",
+    f"--workdir={tmp_path}",
+  )
+  table = (tmp_path / "ablation.md").read_text()
+  assert "| margin_dw |" in table and "| contrastive_random |" in table
+  results = json.loads((tmp_path / "ablation.json").read_text())
+  assert {len(runs) for runs in results.values()} == {2}
