@@ -8,7 +8,11 @@ each); train on the first half of the code points, test on the rest.
   python -m experiments.glyphs --helpfull
 """
 
+from absl import flags
+
 from experiments import _cli
+
+flags.adopt_module_key_flags(_cli)  # --help lists --config's names.
 
 if __name__ == "__main__":
   _cli.run(dataset="glyphs")
