@@ -127,10 +127,22 @@ def beta_optimizer(
   unknown = set(trainable) - set(BETA_PARTS)
   if unknown:
     raise ValueError(f"Unknown β parts {sorted(unknown)}; known: {BETA_PARTS}.")
+  trainable = frozenset(trainable)
+
+  def labels(tree):
+    # Label leaves by the β part named anywhere on their path, so the labels
+    # stay right when this transform is nested in another partition (which
+    # hands it the whole parameter tree with the other subtrees masked).
+    def label(path, _):
+      names = {getattr(entry, "key", None) for entry in path}
+      return "train" if names & trainable else "freeze"
+
+    return jax.tree_util.tree_map_with_path(label, tree)
+
   return optax.partition(
     {
       "train": optax.sgd(learning_rate, momentum=momentum or None),
       "freeze": optax.set_to_zero(),
     },
-    lambda beta: {k: "train" if k in trainable else "freeze" for k in beta},
+    labels,
   )

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from dmljax import beta as beta_lib
+from dmljax import optim
 
 
 def test_init_beta_default_is_paper_value():
@@ -155,3 +156,17 @@ def test_beta_optimizer_defaults():
   u, _ = opt.update(g, opt.init(params), params)
   for part in params:  # lr 0.1; the first momentum step is plain SGD
     np.testing.assert_allclose(u[part], -0.1 * g[part], rtol=1e-6)
+
+
+def test_embedding_optimizer_updates_beta_beside_the_network():
+  """β learns when its transform is nested in the combined optimiser."""
+  params = {
+    "embed": {"w": jnp.ones(2)},
+    "beta": beta_lib.init_beta(num_classes=3),
+  }
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = optim.embedding_optimizer(beta_trainable=("class",))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["beta"]["class"], -0.1 * np.ones(3))
+  assert float(updates["beta"]["beta0"]) == 0.0  # Frozen part.
+  assert np.all(np.asarray(updates["embed"]["w"]) < 0)
