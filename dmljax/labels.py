@@ -61,13 +61,18 @@ def negative_mask(labels: jax.Array) -> jax.Array:
   return ~same_label_mask(labels)
 
 
-def check_batch_shape(batch_size: int, images_per_class: int) -> int:
-  """Returns P = B / K, or raises ValueError if B is not a multiple of K."""
+def check_images_per_class(images_per_class: int) -> None:
+  """Raises ValueError unless K ≥ 2 (a positive pair needs two images)."""
   if images_per_class < 2:
     raise ValueError(
       f"images_per_class must be at least 2 to form positive pairs, got "
       f"{images_per_class}."
     )
+
+
+def check_batch_shape(batch_size: int, images_per_class: int) -> int:
+  """Returns P = B / K, or raises ValueError if B is not a multiple of K."""
+  check_images_per_class(images_per_class)
   if batch_size % images_per_class:
     raise ValueError(
       f"The batch size {batch_size} is not a multiple of images_per_class="

@@ -137,11 +137,7 @@ def make_method(
   if loss != NPAIR:
     _choose("sampler", sampler, samplers_lib.SAMPLERS)
   _choose("reduction", reduction, REDUCTIONS)
-  if images_per_class < 2:
-    raise ValueError(
-      f"images_per_class must be ≥ 2 to form positive pairs, got "
-      f"{images_per_class}."
-    )
+  labels_lib.check_images_per_class(images_per_class)
   sampler_kwargs = dict(sampler_kwargs or {})
 
   def method(key, embeddings, labels, beta=None, image_ids=None):

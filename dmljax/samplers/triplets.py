@@ -68,11 +68,7 @@ def check_inputs(
       f"distances must be [B, B] = [{batch}, {batch}] for {batch} labels, "
       f"got shape {distances.shape}."
     )
-  if images_per_class < 2:
-    raise ValueError(
-      f"images_per_class must be ≥ 2 to form positive pairs, got "
-      f"{images_per_class}."
-    )
+  labels_lib.check_images_per_class(images_per_class)
   if num_negatives < 1:
     raise ValueError(f"num_negatives must be ≥ 1, got {num_negatives}.")
   return distances, labels
