@@ -7,6 +7,8 @@ NMI of k-means clusters) and Duan et al. 2019 (Sec. 4: NMI and F1), plus
 MAP@R (Musgrave et al. 2020):
 
   * `neighbors`: exact k nearest neighbours in query blocks (memory b × N).
+  * `ranks`: `first_hit_ranks`, the rank of each point's first same-label
+    neighbour, counted in symmetric b × b distance tiles (Recall@k for any k).
   * `retrieval`: `recall_at_k`, `map_at_r` (leave-one-out over the test set).
   * `lloyd`: `kmeans` (greedy k-means++ seeding, Lloyd iterations in JAX).
   * `clustering`: `nmi`, `f1_score`, `clustering_metrics` (k-means, then
@@ -25,5 +27,6 @@ from dmljax.metrics.clustering import nmi
 from dmljax.metrics.lloyd import KMeansResult
 from dmljax.metrics.lloyd import kmeans
 from dmljax.metrics.neighbors import nearest_neighbors
+from dmljax.metrics.ranks import first_hit_ranks
 from dmljax.metrics.retrieval import map_at_r
 from dmljax.metrics.retrieval import recall_at_k

@@ -10,10 +10,14 @@ least one image of their class among their k nearest neighbours. MAP@R
 (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020) averages, over
 the queries, the precision of the R nearest neighbours at each correct one.
 
-Neighbours come from `neighbors.block_top_k` in query blocks (memory
-b × N), and each block is reduced at once to a per-query number (the rank of
-its first correct neighbour; its average precision), so the [N, k] neighbour
-lists are never stored. Ties are broken by the lower index.
+Recall@k needs only the rank of each query's first correct neighbour, which
+`ranks.first_hit_ranks` counts in symmetric b × b distance tiles (memory
+b² floats, half the matrix products of a row scan, no top-k at all), so one
+pass gives Recall@k for every k up to N − 1. MAP@R takes the R nearest
+neighbours of each query from `neighbors.block_top_k` in query blocks
+(memory b × N) and reduces each block at once to its average precisions.
+The [N, k] neighbour lists are never stored. Ties are broken by the lower
+index.
 """
 
 import functools
@@ -25,6 +29,7 @@ import jax.numpy as jnp
 
 from dmljax.metrics import clustering
 from dmljax.metrics import neighbors
+from dmljax.metrics import ranks
 
 
 def _check_inputs(embeddings, labels):
@@ -54,8 +59,9 @@ def recall_at_k(
   Args:
     embeddings: [N, D], N ≥ 2.
     labels: [N] integer classes.
-    ks: the k values (static), each 1 ≤ k ≤ N − 1.
-    block_size: queries per block; memory is about block_size × N floats.
+    ks: the k values (static), each 1 ≤ k ≤ N − 1; any k costs the same.
+    block_size: b, the edge of a distance tile; memory is about b² floats
+      (4 MB at the default), whatever N.
 
   Returns:
     {k: scalar float32 Recall@k} for each k in `ks` (use `float()` on host).
@@ -80,20 +86,8 @@ def recall_at_k(
 @functools.partial(jax.jit, static_argnames=("ks", "block_size"))
 def _recalls(embeddings, labels, *, ks, block_size):
   """[len(ks)] Recall@k, from each query's rank of its first correct hit."""
-  max_k = max(ks)
-
-  def first_hit_ranks(start, rows):
-    queries, query_labels = rows
-    _, indices = neighbors.block_top_k(
-      start, queries, embeddings, max_k, exclude_self=True
-    )
-    hits = labels[indices] == query_labels[:, None]
-    return jnp.where(jnp.any(hits, axis=1), jnp.argmax(hits, axis=1), max_k)
-
-  ranks = neighbors.map_row_blocks(
-    first_hit_ranks, (embeddings, labels), block_size=block_size
-  )
-  return jnp.stack([jnp.mean(ranks < k) for k in ks])
+  hit_ranks = ranks.first_hit_ranks(embeddings, labels, block_size=block_size)
+  return jnp.stack([jnp.mean(hit_ranks < k) for k in ks])
 
 
 def map_at_r(
