@@ -13,6 +13,8 @@ MAP@R (Musgrave et al. 2020):
   * `lloyd`: `kmeans` (greedy k-means++ seeding, Lloyd iterations in JAX).
   * `clustering`: `nmi`, `f1_score`, `clustering_metrics` (k-means, then
     both), `group_sizes` (contingency counts per point).
+  * `verification`: `verification_accuracy` (LFW: 10 folds, each scored
+    with the threshold that is best on the other nine).
 
 Every function is pure and jit-able with static shapes; values that depend
 on the labels (the number of classes, the largest R) are computed on the host
@@ -30,3 +32,4 @@ from dmljax.metrics.neighbors import nearest_neighbors
 from dmljax.metrics.ranks import first_hit_ranks
 from dmljax.metrics.retrieval import map_at_r
 from dmljax.metrics.retrieval import recall_at_k
+from dmljax.metrics.verification import verification_accuracy

@@ -85,13 +85,30 @@ def _kmeans_plus_plus(
 
 
 def _assign(x: jax.Array, centroids: jax.Array, block_size: int):
-  """([N] nearest-centroid ids, lower index on ties; [N] squared distances)."""
+  """([N] nearest-centroid ids, lower index on ties; [N] squared distances).
+
+  argmin_c ‖x − c‖² = argmin_c (‖c‖² − 2 x·c): one [b, K] matrix product
+  plus a row vector per block, without ‖x‖² (added back, and the result
+  clamped at 0, for the returned distances only).
+  """
+  num_clusters = centroids.shape[0]
+  centroid_norms = jnp.sum(centroids * centroids, axis=1)
+  scaled = -2.0 * centroids
 
   def block(start, rows):
     del start
-    squared = distances.pairwise_squared_distances(rows, centroids)
-    ids = jnp.argmin(squared, axis=1).astype(jnp.int32)
-    return ids, jnp.take_along_axis(squared, ids[:, None], axis=1)[:, 0]
+    scores = centroid_norms[None, :] + jnp.matmul(
+      rows, scaled.T, precision=jax.lax.Precision.HIGHEST
+    )
+    best = jnp.min(scores, axis=1)
+    ids = jnp.min(
+      jnp.where(
+        scores == best[:, None], jnp.arange(num_clusters), num_clusters
+      ),
+      axis=1,
+    ).astype(jnp.int32)
+    squared = jnp.maximum(jnp.sum(rows * rows, axis=1) + best, 0.0)
+    return ids, squared
 
   return neighbors.map_row_blocks(block, x, block_size=block_size)
 
