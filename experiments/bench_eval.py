@@ -1,0 +1,471 @@
+"""Benchmarks evaluation at SOP scale: Recall@k and k-means NMI vs peers.
+
+Data: SOP's test-set shape (60,502 images of 11,316 classes, 2 to 12
+images per class; Song et al. 2016), as unit vectors in 128-D scattered
+around one random centre per class (synthetic: the real images cannot be
+downloaded here; the cost does not depend on the values).
+
+Recall@k (leave-one-out, Wu et al. Sec. 5) for k in --ks with
+  * dmljax `metrics.recall_at_k` (first-hit ranks in b × b tiles),
+  * faiss-cpu `IndexFlatL2.search(x, max_k + 1)`, self dropped,
+  * scikit-learn `NearestNeighbors(algorithm="brute").kneighbors()`,
+  * pytorch-metric-learning `AccuracyCalculator(k=max_k)` (precision_at_1
+    only: it reports no Recall@k for k > 1),
+plus dmljax `map_at_r` (one call). k-means + NMI on --kmeans_points points
+of the same data with K = their number of classes, at --kmeans_iters Lloyd
+iterations for every implementation: dmljax (random and k-means++ seeding),
+faiss `Kmeans` (random seeding) and scikit-learn `KMeans` (k-means++,
+n_init=1, tol=0); and with --sop_kmeans_iters > 0, dmljax and faiss at
+K = 11,316 on all points.
+
+Each implementation runs in its own process (spawned), so its peak memory
+is its own: the JSON gives the peak resident memory (VmHWM, reset before
+the timed calls) above the resident memory at that point (imports, data and
+dmljax's compiled code included), and for dmljax also XLA's compiled
+temporary buffers and the tile size b² × 4 bytes that bounds them. Times are
+the median of --repeats calls (dmljax after one compiling call, reported
+apart); a peer stops repeating after --budget_s seconds. Peers are optional
+and skipped with a printed line when they do not import.
+
+Usage:
+  python -m experiments.bench_eval                      # the full run
+  python -m experiments.bench_eval --num_points=6000 --num_classes=1100 \
+    --kmeans_points=3000 --sop_kmeans_iters=0 --repeats=1   # a quick one
+"""
+
+import importlib
+import json
+import multiprocessing
+import os
+import platform
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+_N = flags.DEFINE_integer("num_points", 60502, "N test points (SOP: 60,502).")
+_C = flags.DEFINE_integer("num_classes", 11316, "Classes (SOP: 11,316).")
+_DIM = flags.DEFINE_integer("dim", 128, "Embedding dimension D.")
+_NOISE = flags.DEFINE_float("noise", 0.12, "Per-coordinate noise std.")
+_KS = flags.DEFINE_list("ks", ["1", "10", "100", "1000"], "Recall@k values.")
+_BLOCK = flags.DEFINE_integer("block_size", 1024, "dmljax tile / block b.")
+_KM_N = flags.DEFINE_integer("kmeans_points", 20000, "Points for k-means.")
+_KM_C = flags.DEFINE_integer("kmeans_clusters", 1000, "Classes = clusters.")
+_KM_NOISE = flags.DEFINE_float(
+  "kmeans_noise", 0.2, "Noise of the k-means data (overlapping classes)."
+)
+_KM_ITERS = flags.DEFINE_integer("kmeans_iters", 25, "Lloyd iterations.")
+_SOP_ITERS = flags.DEFINE_integer(
+  "sop_kmeans_iters", 5, "Iterations at K = num_classes on all points; 0: off."
+)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per cell.")
+_BUDGET = flags.DEFINE_float("budget_s", 100.0, "Stop repeating after this.")
+_PEERS = flags.DEFINE_list("peers", ["faiss", "sklearn", "pml"], "Peers.")
+_SEED = flags.DEFINE_integer("seed", 0, "Data seed.")
+_OUT = flags.DEFINE_string("out", "bench_results/bench_eval.json", "JSON.")
+
+
+def class_sizes(num_points: int, num_classes: int, rng) -> np.ndarray:
+  """Sizes in [2, 12] summing to num_points (SOP's test range)."""
+  if not 2 * num_classes <= num_points <= 12 * num_classes:
+    raise ValueError("Need 2 ≤ num_points / num_classes ≤ 12, as in SOP.")
+  mean_extra = (num_points - 2 * num_classes) / num_classes
+  sizes = 2 + rng.binomial(10, mean_extra / 10, num_classes)
+  while (gap := num_points - sizes.sum()) != 0:
+    room = sizes < 12 if gap > 0 else sizes > 2
+    chosen = rng.choice(np.flatnonzero(room), min(abs(gap), room.sum()), False)
+    sizes[chosen] += np.sign(gap)
+  return sizes
+
+
+def make_data(num_points, num_classes, dim, noise, seed, sop_sizes=True):
+  """[N, D] float32 unit vectors and [N] int32 shuffled labels.
+
+  Class sizes follow SOP's range (`class_sizes`), or with sop_sizes=False
+  are as equal as N and C allow.
+  """
+  rng = np.random.default_rng(seed)
+  if sop_sizes:
+    sizes = class_sizes(num_points, num_classes, rng)
+  else:
+    sizes = num_points // num_classes + (
+      np.arange(num_classes) < num_points % num_classes
+    )
+  labels = rng.permutation(np.repeat(np.arange(num_classes), sizes))
+  centres = rng.standard_normal((num_classes, dim))
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  x = centres[labels] + noise * rng.standard_normal((num_points, dim))
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  return x.astype(np.float32), labels.astype(np.int32)
+
+
+def _memory_bytes(field: str) -> int:
+  """VmRSS (resident now) or VmHWM (peak resident) from /proc/self/status."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) * 1024
+  raise KeyError(field)
+
+
+def _reset_peak_memory() -> None:
+  """Resets VmHWM to the current RSS (Linux: clear_refs 5)."""
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+
+
+def _timed(fn, repeats, budget_s):
+  """(result, [seconds]) of up to `repeats` calls, stopping past budget_s."""
+  times, start = [], time.perf_counter()
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    result = fn()
+    times.append(time.perf_counter() - t0)
+    if time.perf_counter() - start > budget_s:
+      break
+  return result, times
+
+
+# ----------------------------------------------------------------------------
+# Implementations: each returns (values dict, extra dict) and runs in a child.
+# ----------------------------------------------------------------------------
+
+
+def recall_dmljax(x, labels, ks, block_size):
+  import jax
+
+  from dmljax import metrics
+
+  recalls = metrics.recall_at_k(x, labels, ks, block_size=block_size)
+  return {f"recall@{k}": float(v) for k, v in recalls.items()}, {
+    "jax": jax.__version__
+  }
+
+
+def recall_dmljax_memory(x, labels, ks, block_size):
+  """XLA's temporary buffers for recall_at_k (not timed)."""
+  from dmljax.metrics import retrieval
+
+  compiled = retrieval._recalls.lower(
+    x, labels, ks=tuple(ks), block_size=block_size
+  ).compile()
+  return dict(
+    xla_temp_bytes=compiled.memory_analysis().temp_size_in_bytes,
+    tile_bytes=min(block_size, len(x)) ** 2 * 4,
+    all_distances_bytes=len(x) ** 2 * 4,
+  )
+
+
+def map_at_r_dmljax(x, labels, ks, block_size):
+  del ks
+  from dmljax import metrics
+
+  return {"map@r": float(metrics.map_at_r(x, labels, block_size=block_size))}, {
+    "memory_bound_bytes": block_size * len(x) * 4
+  }
+
+
+def _recalls_from_neighbors(indices, labels, ks):
+  hits = labels[indices] == labels[:, None]
+  first = np.where(hits.any(1), hits.argmax(1), indices.shape[1])
+  return {f"recall@{k}": float(np.mean(first < k)) for k in ks}
+
+
+def recall_faiss(x, labels, ks):
+  import faiss
+
+  index = faiss.IndexFlatL2(x.shape[1])
+  index.add(x)
+  _, found = index.search(x, max(ks) + 1)
+  # Drop each query's own row (not always first when there are duplicates),
+  # or the last neighbour when the query is not among its own max_k + 1.
+  own = found == np.arange(len(x))[:, None]
+  own[~own.any(1), -1] = True
+  found = found[~own].reshape(len(x), max(ks))
+  extra = dict(faiss=faiss.__version__, threads=faiss.omp_get_max_threads())
+  return _recalls_from_neighbors(found, labels, ks), extra
+
+
+def recall_sklearn(x, labels, ks):
+  import sklearn
+  from sklearn.neighbors import NearestNeighbors
+
+  search = NearestNeighbors(n_neighbors=max(ks), algorithm="brute", n_jobs=-1)
+  found = search.fit(x).kneighbors(return_distance=False)  # excludes self
+  return _recalls_from_neighbors(found, labels, ks), {
+    "sklearn": sklearn.__version__
+  }
+
+
+def recall_pml(x, labels, ks):
+  import pytorch_metric_learning
+  import torch
+  from pytorch_metric_learning.utils import accuracy_calculator
+
+  calculator = accuracy_calculator.AccuracyCalculator(
+    include=("precision_at_1",), k=max(ks), device=torch.device("cpu")
+  )
+  result = calculator.get_accuracy(
+    torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
+  )
+  extra = dict(pml=pytorch_metric_learning.__version__, torch=torch.__version__)
+  return {"recall@1": float(result["precision_at_1"])}, extra
+
+
+def kmeans_dmljax(x, labels, num_clusters, num_iters, init, block_size=1024):
+  import jax
+
+  from dmljax import metrics
+
+  result = metrics.kmeans(
+    jax.random.key(0),
+    x,
+    num_clusters,
+    num_iters=num_iters,
+    init=init,
+    block_size=block_size,
+  )
+  values = {"nmi": float(metrics.nmi(result.cluster_ids, labels))}
+  values["iterations"] = int(result.num_iters)
+  values["inertia"] = float(result.inertia)
+  return values, {"assignment_block_bytes": block_size * num_clusters * 4}
+
+
+def kmeans_faiss(x, labels, num_clusters, num_iters):
+  import faiss
+
+  from dmljax import metrics
+
+  kmeans = faiss.Kmeans(
+    x.shape[1],
+    num_clusters,
+    niter=num_iters,
+    seed=1,
+    max_points_per_centroid=len(x),  # no subsampling
+    min_points_per_centroid=1,
+  )
+  kmeans.train(x)
+  squared, ids = kmeans.index.search(x, 1)
+  values = {"nmi": float(metrics.nmi(ids[:, 0].astype(np.int32), labels))}
+  values.update(iterations=num_iters, inertia=float(squared.sum()))
+  return values, {"faiss": faiss.__version__}
+
+
+def kmeans_sklearn(x, labels, num_clusters, num_iters):
+  import sklearn.cluster
+
+  from dmljax import metrics
+
+  kmeans = sklearn.cluster.KMeans(
+    num_clusters, n_init=1, max_iter=num_iters, tol=0.0, random_state=0
+  ).fit(x)
+  ids = kmeans.labels_.astype(np.int32)
+  values = {"nmi": float(metrics.nmi(ids, labels))}
+  values.update(iterations=int(kmeans.n_iter_), inertia=float(kmeans.inertia_))
+  return values, {}
+
+
+# Extra facts about an implementation, computed after its timed calls.
+DESCRIBE = {"recall_dmljax": recall_dmljax_memory}
+# Modules each implementation imports before its memory baseline is taken.
+PRELOAD = {
+  "faiss": ("faiss",),
+  "sklearn": ("sklearn.neighbors", "sklearn.cluster"),
+  "pml": ("torch", "pytorch_metric_learning.utils.accuracy_calculator"),
+}
+IMPLS = {
+  "recall_dmljax": recall_dmljax,
+  "map_at_r_dmljax": map_at_r_dmljax,
+  "recall_faiss": recall_faiss,
+  "recall_sklearn": recall_sklearn,
+  "recall_pml": recall_pml,
+  "kmeans_dmljax": kmeans_dmljax,
+  "kmeans_faiss": kmeans_faiss,
+  "kmeans_sklearn": kmeans_sklearn,
+}
+
+
+def _child(queue, name, data_args, kwargs, repeats, warmup, budget):
+  """Runs IMPLS[name] in a fresh process and reports time and memory."""
+  try:
+    x, labels = make_data(*data_args)
+    fn = IMPLS[name]
+    for module in ("dmljax.metrics", *PRELOAD.get(name.rsplit("_", 1)[1], ())):
+      importlib.import_module(module)
+    kwargs = dict(kwargs)
+    if name.startswith("kmeans"):
+      kwargs["num_clusters"] = len(np.unique(labels))
+    first = None
+    if warmup:  # Compiles; its memory (LLVM) is not the kernel's.
+      t0 = time.perf_counter()
+      fn(x, labels, **kwargs)
+      first = time.perf_counter() - t0
+    _reset_peak_memory()
+    baseline = _memory_bytes("VmRSS")
+    (values, extra), times = _timed(
+      lambda: fn(x, labels, **kwargs), repeats, budget
+    )
+    peak = _memory_bytes("VmHWM")
+    if name in DESCRIBE:
+      extra |= DESCRIBE[name](x, labels, **kwargs)
+    queue.put(
+      dict(
+        values=values,
+        extra=extra,
+        times_s=times,
+        median_s=float(np.median(times)),
+        first_call_s=first,
+        peak_rss_above_baseline_bytes=peak - baseline,
+      )
+    )
+  except ImportError as e:
+    queue.put({"skipped": f"{type(e).__name__}: {e}"})
+  except Exception as e:  # Report the failing implementation and go on.
+    queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def run_cell(name, data, kwargs, *, warmup=False, repeats=None):
+  """One implementation on one data set (make_data's arguments), spawned."""
+  context = multiprocessing.get_context("spawn")
+  queue = context.Queue()
+  repeats = _REPEATS.value if repeats is None else repeats
+  args = (queue, name, data, kwargs, repeats, warmup, _BUDGET.value)
+  process = context.Process(target=_child, args=args)
+  process.start()
+  result = queue.get()
+  process.join()
+  return dict(impl=name, num_points=data[0], kwargs=kwargs) | result
+
+
+def format_values(values: dict) -> str:
+  return " ".join(
+    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+    for k, v in values.items()
+    if k != "inertia"
+  )
+
+
+def print_row(cell: str, row: dict, reference: dict | None) -> None:
+  name = row["impl"].rsplit("_", 1)[1]
+  if "init" in row["kwargs"]:
+    name += f" ({row['kwargs']['init']})"
+  if "median_s" not in row:
+    print(f"{cell:24} {name:18} {row.get('skipped') or row.get('error')}")
+    return
+  ratio = ""
+  if reference and "median_s" in reference and row is not reference:
+    ratio = f"{row['median_s'] / reference['median_s']:6.2f}x"
+  memory = row["peak_rss_above_baseline_bytes"] / 2**20
+  print(
+    f"{cell:24} {name:18} {row['median_s']:9.2f} {ratio:>8} "
+    f"{len(row['times_s']):>3} {memory:9.0f}  {format_values(row['values'])}",
+    flush=True,
+  )
+
+
+def machine_info() -> dict:
+  import jax
+
+  return dict(
+    jax=jax.__version__,
+    backend=jax.default_backend(),
+    cpu_count=os.cpu_count(),
+    load_average_1min=os.getloadavg()[0],
+    platform=platform.platform(),
+    python=platform.python_version(),
+    numpy=np.__version__,
+    XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
+  )
+
+
+def main(argv):
+  del argv
+  ks = [int(k) for k in _KS.value]
+  peers = set(_PEERS.value)
+  if unknown := peers - {"faiss", "sklearn", "pml"}:
+    raise app.UsageError(f"Unknown --peers {sorted(unknown)}.")
+  info = machine_info()
+  print(
+    f"jax {info['jax']} ({info['backend']}), {info['cpu_count']} CPUs, "
+    f"1-min load {info['load_average_1min']:.2f}. Times: median seconds of "
+    "the timed calls (n); x = time / dmljax time (> 1: dmljax is faster);\n"
+    "peak MB = peak resident memory above the process baseline.\n"
+  )
+  print(
+    f"{'cell':24} {'impl':18} {'median s':>9} {'x':>8} {'n':>3} "
+    f"{'peak MB':>9}  values"
+  )
+  sop = (_N.value, _C.value, _DIM.value, _NOISE.value, _SEED.value)
+  cells = []
+
+  def cell(title, rows):
+    cells.append(dict(cell=title, rows=rows))
+    for row in rows:
+      print_row(title, row, rows[0])
+
+  recall_rows = [
+    run_cell(
+      "recall_dmljax", sop, dict(ks=ks, block_size=_BLOCK.value), warmup=True
+    )
+  ]
+  for peer in ("faiss", "sklearn", "pml"):
+    if peer in peers:
+      recall_rows.append(run_cell(f"recall_{peer}", sop, dict(ks=ks)))
+  cell(f"recall@k N={_N.value}", recall_rows)
+  cell(
+    f"map@r N={_N.value}",
+    [
+      run_cell(
+        "map_at_r_dmljax",
+        sop,
+        dict(ks=ks, block_size=_BLOCK.value),
+        repeats=1,
+      )
+    ],
+  )
+
+  km_data = (_KM_N.value, _KM_C.value, _DIM.value, _KM_NOISE.value, _SEED.value)
+  km_data += (False,)
+  iters = dict(num_iters=_KM_ITERS.value)
+  rows = [
+    run_cell("kmeans_dmljax", km_data, iters | dict(init="random"), warmup=True)
+  ]
+  if "faiss" in peers:
+    rows.append(run_cell("kmeans_faiss", km_data, iters))
+  rows.append(
+    run_cell(
+      "kmeans_dmljax", km_data, iters | dict(init="kmeans++"), warmup=True
+    )
+  )
+  if "sklearn" in peers:
+    rows.append(run_cell("kmeans_sklearn", km_data, iters))
+  cell(f"kmeans N={_KM_N.value} K={_KM_C.value}", rows)
+
+  if _SOP_ITERS.value > 0:
+    iters = dict(num_iters=_SOP_ITERS.value)
+    rows = [
+      run_cell(
+        "kmeans_dmljax",
+        sop,
+        iters | dict(init="random"),
+        warmup=True,
+        repeats=1,
+      )
+    ]
+    if "faiss" in peers:
+      rows.append(run_cell("kmeans_faiss", sop, iters, repeats=1))
+    cell(f"kmeans N={_N.value} K={_C.value}", rows)
+
+  names = "num_points num_classes dim noise ks block_size kmeans_points"
+  names += " kmeans_clusters kmeans_noise kmeans_iters sop_kmeans_iters"
+  names += " repeats budget_s peers seed"
+  config = {k: flags.FLAGS[k].value for k in names.split()}
+  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+  with open(_OUT.value, "w") as f:
+    json.dump(dict(machine=info, config=config, cells=cells), f, indent=2)
+  print(f"\nWrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
