@@ -307,6 +307,10 @@ def _child(queue, name, data_args, kwargs, repeats, warmup, budget):
       lambda: fn(x, labels, **kwargs), repeats, budget
     )
     peak = _memory_bytes("VmHWM")
+    if "iterations" in values:  # Lloyd steps + the final assignment.
+      values["s_per_iteration"] = float(np.median(times)) / (
+        values["iterations"] + 1
+      )
     if name in DESCRIBE:
       extra |= DESCRIBE[name](x, labels, **kwargs)
     queue.put(
