@@ -10,12 +10,18 @@ Orbax writes each step to a temporary directory and renames it when complete,
 so a run killed mid-save leaves the previous checkpoint intact and the
 partial one is ignored. Rerunning the same command with the same workdir
 restores the latest complete checkpoint.
+
+The state is restored onto whatever shardings the target state has, so a
+checkpoint written by a run on N devices (or several processes) restores on
+M devices. `read_state` reads one as host NumPy arrays, with no target and
+on any topology (inspection, export, tests).
 """
 
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -95,3 +101,31 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def read_state(directory: str, step: int | None = None) -> Any:
+  """The train state of a checkpoint as NumPy arrays, on any topology.
+
+  Args:
+    directory: the checkpoint directory (`<workdir>/checkpoints`).
+    step: which checkpoint; None for the latest.
+
+  Raises:
+    FileNotFoundError: there is no checkpoint to read.
+  """
+  if step is None:
+    steps = (
+      ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    )
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {directory}.")
+    step = max(steps)
+  path = os.path.join(os.path.abspath(directory), str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  as_numpy = jax.tree.map(
+    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
+  )
+  return checkpointer.restore(
+    path, args=ocp.args.PyTreeRestore(restore_args=as_numpy)
+  )

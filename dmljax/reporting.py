@@ -24,9 +24,16 @@ class MetricsLog:
     workdir: the run directory (created if missing).
     resume_step: the step the run resumes from; lines of later steps (and
       any "final" line) are dropped, since the resumed run writes them again.
+    enabled: False makes a log that writes nothing (the processes of a
+      multi-host run other than process 0).
   """
 
-  def __init__(self, workdir: str, *, resume_step: int = 0):
+  def __init__(
+    self, workdir: str, *, resume_step: int = 0, enabled: bool = True
+  ):
+    self.enabled = enabled
+    if not enabled:
+      return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS_FILE)
     kept = [
@@ -40,6 +47,8 @@ class MetricsLog:
     os.replace(temporary, self.path)
 
   def write(self, step: int, kind: str, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
       f.flush()
@@ -54,7 +63,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def progress_bar(start: int, total: int) -> tqdm.tqdm:
+def progress_bar(start: int, total: int, *, enabled: bool = True) -> tqdm.tqdm:
   """A progress bar over training steps (steps/s, loss as postfix)."""
   return tqdm.tqdm(
     initial=start,
@@ -62,7 +71,7 @@ def progress_bar(start: int, total: int) -> tqdm.tqdm:
     unit="step",
     dynamic_ncols=True,
     file=sys.stderr,
-    disable=total == start,
+    disable=total == start or not enabled,
   )
 
 

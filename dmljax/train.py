@@ -15,6 +15,11 @@ network (Adam) and β (SGD). A step whose loss or gradients are not finite
 leaves the state unchanged and records its step number, so the last good
 state is never overwritten; the loop stops with an error naming that step.
 
+With a device mesh the step is data parallel (`dmljax.parallel`): the batch
+is split over the devices, the sampler sees the global batch (or each
+device's slice, `config.parallel.mining`), BatchNorm is synchronised, and
+the numbers do not depend on the device count.
+
 `train_and_evaluate(config, workdir)` runs the whole job: it resumes from
 the latest checkpoint in `workdir` (data iterator included, so a killed and
 rerun job ends with the same numbers as an uninterrupted one), evaluates on
@@ -28,16 +33,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from dmljax import beta as beta_lib
 from dmljax import checkpoint as checkpoint_lib
 from dmljax import data as data_lib
+from dmljax import evaluation
 from dmljax import methods as methods_lib
-from dmljax import metrics as metrics_lib
 from dmljax import models as models_lib
 from dmljax import optim
+from dmljax import parallel
 from dmljax import reporting
 
 # The options of each sampler that a config carries (others take none).
@@ -49,9 +54,17 @@ SAMPLER_OPTIONS = {
 }
 
 
-def make_model(config: ml_collections.ConfigDict):
-  """The embedding network of `config.model`."""
+def make_model(
+  config: ml_collections.ConfigDict, *, axis_name: str | None = None
+):
+  """The embedding network of `config.model`.
+
+  `axis_name` synchronises BatchNorm over that mesh axis in training
+  (`parallel.DATA_AXIS` for the data-parallel step).
+  """
   kwargs = dict(config.model.backbone_kwargs)
+  if axis_name is not None:
+    kwargs["axis_name"] = axis_name
   return models_lib.make_embedder(
     config.model.name,
     embedding_dim=config.model.embedding_dim,
@@ -131,15 +144,15 @@ def create_train_state(
   }
 
 
-def make_train_step(model, method, tx):
-  """step(state, batch) -> (state, metrics), jitted with the state donated.
+def make_objective(model, method):
+  """objective(params, batch_stats, key, batch, gather) → (loss, aux, stats).
 
-  batch: {"image": float32 [B, H, W, 1], "label": int32 [B], "index": int32
-  [B] dataset image ids}. metrics: scalars (loss, the method's aux, β mean,
-  gradient norm, learning-rate-free).
+  Embeds the batch in training mode, applies `gather` (the identity, or the
+  all-gather of global mining, see `dmljax.parallel`) to the embeddings,
+  labels and image ids, and runs the method on the result.
   """
 
-  def loss_fn(params, batch_stats, key, batch):
+  def objective(params, batch_stats, key, batch, gather=lambda x: x):
     embeddings, updates = model.apply(
       {"params": params["embed"], "batch_stats": batch_stats},
       batch["image"],
@@ -147,17 +160,50 @@ def make_train_step(model, method, tx):
       mutable=["batch_stats"],
     )
     loss, aux = method(
-      key, embeddings, batch["label"], params["beta"], batch["index"]
+      key,
+      gather(embeddings),
+      gather(batch["label"]),
+      params["beta"],
+      gather(batch["index"]),
     )
-    return loss, (aux, updates.get("batch_stats", batch_stats))
+    return loss, aux, updates.get("batch_stats", batch_stats)
+
+  return objective
+
+
+def make_train_step(model, method, tx, *, mesh=None, mining: str = "global"):
+  """step(state, batch) -> (state, metrics), jitted with the state donated.
+
+  batch: {"image": float32 [B, H, W, 1], "label": int32 [B], "index": int32
+  [B] dataset image ids}. metrics: scalars (loss, the method's aux, β mean,
+  gradient norm).
+
+  With a `mesh`, the state is replicated over it, the batch is split along
+  its "data" axis (`parallel.shard_batch`) and the gradients come from
+  `parallel.sharded_gradients` with `mining` "global" or "local"; the model
+  must then synchronise BatchNorm (`make_model(..., axis_name="data")`).
+  """
+  objective = make_objective(model, method)
+  if mesh is None:
+
+    def gradients(params, batch_stats, key, batch):
+      def loss_fn(params):
+        loss, aux, stats = objective(params, batch_stats, key, batch)
+        return loss, (aux, stats)
+
+      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+      (loss, (aux, stats)), grads = grad_fn(params)
+      return loss, aux, grads, stats
+
+  else:
+    gradients = parallel.sharded_gradients(objective, mesh, mining=mining)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def step(state, batch):
     key = jax.random.fold_in(
       jax.random.wrap_key_data(state["rng"]), state["step"]
     )
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (aux, batch_stats)), grads = grad_fn(
+    loss, aux, grads, batch_stats = gradients(
       state["params"], state["batch_stats"], key, batch
     )
     updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -185,55 +231,6 @@ def make_train_step(model, method, tx):
   return step
 
 
-def make_embed_fn(model):
-  """embed(variables, images [B, H, W, 1]) -> [B, D], jitted, eval mode."""
-
-  @jax.jit
-  def embed(variables, images):
-    return model.apply(variables, images, train=False)
-
-  return embed
-
-
-def embed_split(embed_fn, state, split, *, batch_size: int) -> np.ndarray:
-  """Embeddings [N, D] of every image of `split`, in order."""
-  variables = {
-    "params": state["params"]["embed"],
-    "batch_stats": state["batch_stats"],
-  }
-  chunks = []
-  for batch in data_lib.eval_batches(split, batch_size=batch_size):
-    embeddings = np.asarray(embed_fn(variables, batch["image"]))
-    chunks.append(embeddings[np.asarray(batch["mask"])])
-  return np.concatenate(chunks)
-
-
-def evaluate(embed_fn, state, split, config) -> dict[str, float]:
-  """Recall@k, MAP@R, NMI and F1 on a held-out split."""
-  embeddings = embed_split(
-    embed_fn, state, split, batch_size=config.eval.batch_size
-  )
-  if not np.all(np.isfinite(embeddings)):
-    raise FloatingPointError("The test embeddings contain NaN or inf.")
-  labels = np.asarray(split.labels)
-  recalls = metrics_lib.recall_at_k(
-    embeddings, labels, tuple(config.eval.ks), block_size=config.eval.block_size
-  )
-  result = {f"recall@{k}": float(v) for k, v in recalls.items()}
-  result["map@r"] = float(
-    metrics_lib.map_at_r(embeddings, labels, block_size=config.eval.block_size)
-  )
-  clusters = metrics_lib.clustering_metrics(
-    jax.random.key(config.seed),
-    embeddings,
-    labels,
-    num_iters=config.eval.kmeans_iters,
-    block_size=config.eval.block_size,
-  )
-  result.update({name: float(v) for name, v in clusters.items()})
-  return result
-
-
 def _load_splits(config):
   kwargs = dict(image_size=config.data.image_size)
   if config.data.cache_dir:
@@ -256,6 +253,12 @@ def train_and_evaluate(
 ) -> dict[str, float]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if possible.
 
+  The step runs data-parallel over `config.parallel.num_devices` devices
+  (0: automatic, see `parallel.choose_num_devices`) with
+  `config.parallel.mining` "global" or "local". In a multi-host run every
+  process calls this with the same config; each reads its own rows of every
+  batch, and only process 0 writes metrics, plots and the summary.
+
   Returns:
     The final evaluation metrics (also in `workdir/metrics.jsonl` and
     `workdir/summary.json`).
@@ -263,11 +266,20 @@ def train_and_evaluate(
   checkpointer = checkpoint_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.max_to_keep
   )
+  primary = jax.process_index() == 0
   train_split, test_split = _load_splits(config)
-  model = make_model(config)
+  batch_size = config.data.batch_size
+  mining = config.parallel.mining
+  num_devices = parallel.choose_num_devices(
+    batch_size,
+    config.data.images_per_class,
+    mining=mining,
+    requested=config.parallel.num_devices,
+  )
+  mesh = parallel.make_mesh(num_devices)
+  model = make_model(config, axis_name=parallel.DATA_AXIS)
   method = make_method(config)
   tx = make_optimizer(config)
-  batch_size = config.data.batch_size
   state = create_train_state(
     config,
     model,
@@ -276,6 +288,7 @@ def train_and_evaluate(
     num_classes=train_split.num_classes,
     num_images=len(train_split),
   )
+  state = parallel.replicate(state, mesh)
   batches = iter(
     data_lib.pk_batches(
       train_split,
@@ -286,20 +299,22 @@ def train_and_evaluate(
       max_shift=config.data.max_shift,
       flip=config.data.flip,
       num_workers=config.data.num_workers,
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
     )
   )
   start = 0
   if checkpointer.latest_step() is not None:
     state, data_state = checkpointer.restore(state)
     batches.set_state(data_state)
-    start = int(state["step"])
-  log = reporting.MetricsLog(workdir, resume_step=start)
-  step_fn = make_train_step(model, method, tx)
-  embed_fn = make_embed_fn(model)
+    start = int(parallel.to_host(state["step"]))
+  log = reporting.MetricsLog(workdir, resume_step=start, enabled=primary)
+  step_fn = make_train_step(model, method, tx, mesh=mesh, mining=mining)
+  embed_fn = evaluation.make_embed_fn(model)
   num_steps = config.train.num_steps
 
   def check_finite(state):
-    bad = int(state["nonfinite_step"])
+    bad = int(parallel.to_host(state["nonfinite_step"]))
     if bad >= 0:
       raise FloatingPointError(
         f"The loss or its gradients became NaN/inf at step {bad}; the update "
@@ -308,24 +323,32 @@ def train_and_evaluate(
         "(--config.optim.learning_rate) or check the inputs."
       )
 
-  progress = reporting.progress_bar(start, num_steps)
+  progress = reporting.progress_bar(start, num_steps, enabled=primary)
+  if primary and num_devices > 1:
+    progress.write(f"Data parallel: {num_devices} devices, {mining} mining.")
   for step in range(start + 1, num_steps + 1):
-    state, metrics = step_fn(state, next(batches))
+    batch = parallel.shard_batch(next(batches), mesh)
+    state, metrics = step_fn(state, batch)
     if step % config.train.log_every == 0 or step == num_steps:
       check_finite(state)
-      values = {name: float(v) for name, v in metrics.items()}
+      values = {name: float(v) for name, v in parallel.to_host(metrics).items()}
       log.write(step, "train", values)
       progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
     if step % config.train.eval_every == 0 and step != num_steps:
-      log.write(step, "eval", evaluate(embed_fn, state, test_split, config))
+      log.write(
+        step,
+        "eval",
+        evaluation.evaluate(embed_fn, state, test_split, config),
+      )
     if step % config.ckpt.every == 0 or step == num_steps:
       check_finite(state)
       checkpointer.save(step, state, batches.get_state())
     progress.update(1)
   progress.close()
   check_finite(state)
-  final = evaluate(embed_fn, state, test_split, config)
+  final = evaluation.evaluate(embed_fn, state, test_split, config)
   log.write(num_steps, "final", final)
   checkpointer.close()
-  reporting.finish(workdir, config, final)
+  if primary:
+    reporting.finish(workdir, config, final)
   return final

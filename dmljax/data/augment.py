@@ -8,7 +8,73 @@ split across worker processes. The background is 0 (the embedded datasets
 draw white on black), which is what the padding adds.
 """
 
+import dataclasses
+
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Draws:
+  """The random choices of one batch's augmentation, one entry per image.
+
+  Attributes:
+    top, left: int [B] crop offsets in the padded image, in 0..2·max_shift.
+    flip: bool [B] mirror the image.
+  """
+
+  top: np.ndarray
+  left: np.ndarray
+  flip: np.ndarray
+
+  def __getitem__(self, rows) -> "Draws":
+    """The draws of the images at `rows` of the batch."""
+    return Draws(self.top[rows], self.left[rows], self.flip[rows])
+
+
+def draw(
+  rng: np.random.Generator, batch_size: int, *, max_shift: int, flip: bool
+) -> Draws:
+  """Draws a batch's shifts (then flips) from `rng`, in that order.
+
+  Drawing for the whole batch and applying to a slice of it (`Draws[rows]`)
+  gives each image the same augmentation however the batch is split across
+  processes.
+  """
+  if max_shift < 0:
+    raise ValueError(f"max_shift must be non-negative, got {max_shift}.")
+  zeros = np.zeros(batch_size, np.int64)
+  top = left = zeros
+  if max_shift:
+    top = rng.integers(0, 2 * max_shift + 1, size=batch_size)
+    left = rng.integers(0, 2 * max_shift + 1, size=batch_size)
+  mirror = np.zeros(batch_size, bool)
+  if flip:
+    mirror = rng.random(batch_size) < 0.5
+  return Draws(top, left, mirror)
+
+
+def apply(images: np.ndarray, draws: Draws, *, max_shift: int) -> np.ndarray:
+  """Shifts (zero padding + crop) and mirrors images as `draws` say.
+
+  Args:
+    images: [B, H, W, C], any dtype.
+    draws: the batch's `Draws` (B entries).
+    max_shift: the padding the draws were made for.
+
+  Returns:
+    [B, H, W, C], same dtype.
+  """
+  if max_shift:
+    batch, height, width, _ = images.shape
+    padding = ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0))
+    padded = np.pad(images, padding)
+    rows = draws.top[:, None, None] + np.arange(height)[None, :, None]
+    cols = draws.left[:, None, None] + np.arange(width)[None, None, :]
+    images = padded[np.arange(batch)[:, None, None], rows, cols]
+  if draws.flip.any():
+    mirror = draws.flip[:, None, None, None]
+    images = np.where(mirror, images[:, :, ::-1], images)
+  return images
 
 
 def random_shift(
@@ -32,18 +98,7 @@ def random_shift(
   array([[0, 1],
          [2, 3]], dtype=uint8)
   """
-  if max_shift < 0:
-    raise ValueError(f"max_shift must be non-negative, got {max_shift}.")
-  if max_shift == 0:
-    return images
-  batch, height, width, _ = images.shape
-  padding = ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0))
-  padded = np.pad(images, padding)
-  top = rng.integers(0, 2 * max_shift + 1, size=batch)
-  left = rng.integers(0, 2 * max_shift + 1, size=batch)
-  rows = top[:, None, None] + np.arange(height)[None, :, None]
-  cols = left[:, None, None] + np.arange(width)[None, None, :]
-  return padded[np.arange(batch)[:, None, None], rows, cols]
+  return augmented(rng, images, max_shift=max_shift)
 
 
 def random_flip(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
@@ -58,8 +113,7 @@ def random_flip(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
   Returns:
     [B, H, W, C], same dtype.
   """
-  flip = rng.random(images.shape[0]) < 0.5
-  return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+  return augmented(rng, images, max_shift=0, flip=True)
 
 
 def augmented(
@@ -69,9 +123,9 @@ def augmented(
   max_shift: int,
   flip: bool = False,
 ) -> np.ndarray:
-  """`random_shift`, then `random_flip` if `flip`."""
-  images = random_shift(rng, images, max_shift=max_shift)
-  return random_flip(rng, images) if flip else images
+  """`random_shift`, then `random_flip` if `flip` (one `draw`, one `apply`)."""
+  draws = draw(rng, images.shape[0], max_shift=max_shift, flip=flip)
+  return apply(images, draws, max_shift=max_shift)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

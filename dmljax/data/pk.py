@@ -141,14 +141,24 @@ class _PKBatch:
   seed: int
   max_shift: int
   flip: bool
+  shard_index: int = 0
+  shard_count: int = 1
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     sampling, augmenting = _rngs(self.seed, int(step))
     ids = _sampled(
       sampling, self.members, self.num_classes, self.images_per_class
     )
-    images = augment.augmented(
-      augmenting, self.images[ids], max_shift=self.max_shift, flip=self.flip
+    # The global batch's draws, then this shard's rows: an image is augmented
+    # the same way whatever the number of shards, and only read by its own.
+    draws = augment.draw(
+      augmenting, ids.size, max_shift=self.max_shift, flip=self.flip
+    )
+    rows = np.array_split(np.arange(ids.size), self.shard_count)
+    rows = rows[self.shard_index]
+    ids = ids[rows]
+    images = augment.apply(
+      self.images[ids], draws[rows], max_shift=self.max_shift
     )
     return {
       "image": augment.to_float(images),
@@ -183,6 +193,8 @@ def pk_batches(
   max_shift: int | None = None,
   flip: bool = False,
   num_workers: int = 0,
+  shard_index: int = 0,
+  shard_count: int = 1,
 ) -> grain.IterDataset:
   """Class-balanced training batches of a split, as a grain dataset.
 
@@ -197,11 +209,17 @@ def pk_batches(
     flip: mirror images at random (off for glyphs and digits: a mirrored
       glyph is another glyph).
     num_workers: grain worker processes; 0 makes batches in this process.
+    shard_index: which contiguous slice of each batch to return, in
+      0..shard_count-1 (a process of a multi-host run reads its own slice:
+      `jax.process_index()`).
+    shard_count: the number of slices, dividing B (`jax.process_count()`).
+      Every shard samples the same global batch, so together they return
+      exactly the single-process batch, augmentation included.
 
   Returns:
     An iterable whose `iter()` is a checkpointable `grain.DatasetIterator`
-    of dicts: "image" float32 [B, H, W, 1] in [0, 1], "label" int32 [B],
-    "index" int32 [B] (ids of the images in `split`).
+    of dicts: "image" float32 [b, H, W, 1] in [0, 1], "label" int32 [b],
+    "index" int32 [b] (ids of the images in `split`), b = B / shard_count.
 
   >>> from dmljax.data.embedded import load_split
   >>> batches = pk_batches(load_split("digits", "train"), batch_size=10)
@@ -214,6 +232,15 @@ def pk_batches(
   _check_classes(members, num_classes, batch_size)
   if seed < 0:
     raise ValueError(f"seed must be non-negative, got {seed}.")
+  if shard_count < 1 or batch_size % shard_count:
+    raise ValueError(
+      f"batch_size {batch_size} must split evenly into shard_count = "
+      f"{shard_count} slices (one per process)."
+    )
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(
+      f"shard_index must be in 0..{shard_count - 1}, got {shard_index}."
+    )
   if max_shift is None:
     max_shift = max(1, split.images.shape[1] // 16)
   make_batch = _PKBatch(
@@ -225,6 +252,8 @@ def pk_batches(
     seed=seed,
     max_shift=max_shift,
     flip=flip,
+    shard_index=shard_index,
+    shard_count=shard_count,
   )
   steps = grain.MapDataset.range(_ENDLESS if num_steps is None else num_steps)
   return _iterable(steps.map(make_batch), num_workers)

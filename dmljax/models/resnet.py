@@ -48,6 +48,7 @@ class Bottleneck(nn.Module):
     expansion: ratio of output to inner width.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    axis_name: mesh axis of synchronised BatchNorm (see `ResNet`).
   """
 
   width: int
@@ -55,6 +56,7 @@ class Bottleneck(nn.Module):
   expansion: int = 4
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -73,6 +75,7 @@ class Bottleneck(nn.Module):
       epsilon=1e-5,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      axis_name=self.axis_name if train else None,
     )
     inner = self.width // self.expansion
     strides = (self.strides, self.strides)
@@ -97,6 +100,9 @@ class ResNet(nn.Module):
     expansion: ratio of a block's output width to its inner width.
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
     param_dtype: parameter dtype.
+    axis_name: the mesh axis over which BatchNorm averages its batch
+      statistics in training (synchronised BN under `shard_map`); None for
+      the local batch's statistics.
   """
 
   stage_sizes: Sequence[int] = RESNET50_STAGE_SIZES
@@ -104,6 +110,7 @@ class ResNet(nn.Module):
   expansion: int = 4
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -142,6 +149,7 @@ class ResNet(nn.Module):
       epsilon=1e-5,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      axis_name=self.axis_name if train else None,
       name="stem_bn",
     )(x)
     x = nn.relu(x)
@@ -156,6 +164,7 @@ class ResNet(nn.Module):
           expansion=self.expansion,
           dtype=self.dtype,
           param_dtype=self.param_dtype,
+          axis_name=self.axis_name,
           name=f"stage{stage + 1}_block{block + 1}",
         )(x, train=train)
     return jnp.mean(x, axis=(1, 2))

@@ -35,6 +35,9 @@ class SmallConvNet(nn.Module):
       features of the last stage (F = widths[-1]).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
     param_dtype: parameter dtype.
+    axis_name: the mesh axis over which BatchNorm averages its batch
+      statistics in training (synchronised BN under `shard_map`, so that the
+      statistics are those of the global batch); None for local statistics.
 
   >>> net = SmallConvNet(widths=(8, 16), features=32)
   >>> x = jnp.zeros((2, 8, 8, 1))
@@ -49,6 +52,7 @@ class SmallConvNet(nn.Module):
   features: int | None = 256
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -81,6 +85,7 @@ class SmallConvNet(nn.Module):
           epsilon=1e-5,
           dtype=self.dtype,
           param_dtype=self.param_dtype,
+          axis_name=self.axis_name if train else None,
           name=f"bn{stage}_{block}",
         )(x)
         x = nn.relu(x)

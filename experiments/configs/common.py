@@ -1,10 +1,10 @@
 """The base config: every option with its default, and the dataset defaults.
 
 A config has the sections data, model, sampler, loss, beta, optim, train,
-eval and ckpt. The dataset supplies its defaults (image size, model, steps,
-batch, learning rate); the method (see `methods.py`) supplies sampler and
-loss. Dotted overrides on the command line (`--config.loss.margin=0.1`) are
-applied after both, so they always win.
+eval, ckpt and parallel. The dataset supplies its defaults (image size,
+model, steps, batch, learning rate); the method (see `methods.py`) supplies
+sampler and loss. Dotted overrides on the command line
+(`--config.loss.margin=0.1`) are applied after both, so they always win.
 """
 
 import ml_collections
@@ -122,6 +122,10 @@ def base_config(
     max_classes=0,  # 0: every test class.
   )
   c.ckpt = dict(every=250, max_to_keep=2)
+  c.parallel = dict(
+    num_devices=0,  # 0: all devices the batch splits over (dmljax.parallel).
+    mining="global",  # "global": sample on the whole batch; "local": shard.
+  )
 
   if smoke:  # big_vision's "runlocal": a seconds-long CPU run.
     c.data.batch_size = 20
