@@ -27,6 +27,24 @@ _CONFIG = config_flags.DEFINE_config_file(
   "--config.SECTION.FIELD=VALUE, e.g. --config.train.num_steps=500.",
   lock_config=True,
 )
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-host: host:port of process 0, for jax.distributed (also read from "
+  "$JAX_COORDINATOR_ADDRESS; SLURM, Open MPI and Cloud TPU are detected).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Multi-host: the number of processes."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "Multi-host: this process's index, 0..num_processes-1."
+)
+_MULTIHOST = flags.DEFINE_bool(
+  "multihost",
+  False,
+  "Start jax.distributed with cluster auto-detection (no other flag needed "
+  "on SLURM, Open MPI or a Cloud TPU slice).",
+)
 _WORKDIR = flags.DEFINE_string(
   "workdir",
   None,
@@ -68,8 +86,15 @@ def run(*, dataset: str) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from dmljax import parallel  # pylint: disable=import-outside-toplevel
     from dmljax import train  # pylint: disable=import-outside-toplevel
 
+    parallel.initialize_distributed(
+      _COORDINATOR.value,
+      _NUM_PROCESSES.value,
+      _PROCESS_ID.value,
+      force=_MULTIHOST.value,
+    )
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
     config = _CONFIG.value

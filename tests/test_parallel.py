@@ -292,18 +292,26 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _worker(workdir, process_id, num_processes, port):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)
+def _driver(workdir, *flags):
+  """The digits driver, 3 smoke steps, 2 CPU devices, in a subprocess."""
+  env = dict(
+    os.environ,
+    PYTHONPATH=ROOT,
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  )
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.digits",
+    "--config=margin_dw:smoke",
+    "--config.train.num_steps=3",
+    "--config.ckpt.every=3",
+    f"--workdir={workdir}",
+    *flags,
+  ]
   return subprocess.Popen(
-    [
-      sys.executable,
-      os.path.join(ROOT, "tests", "multihost_worker.py"),
-      workdir,
-      str(process_id),
-      str(num_processes),
-      str(port),
-    ],
+    command,
+    cwd=ROOT,
     env=env,
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
@@ -314,9 +322,17 @@ def _worker(workdir, process_id, num_processes, port):
 @pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path):
   """Two jax.distributed processes (2 CPU devices each) vs one process."""
-  port = _free_port()
+  address = f"127.0.0.1:{_free_port()}"
   two = str(tmp_path / "two")
-  workers = [_worker(two, i, 2, port) for i in range(2)]
+  workers = [
+    _driver(
+      two,
+      f"--coordinator_address={address}",
+      "--num_processes=2",
+      f"--process_id={i}",
+    )
+    for i in range(2)
+  ]
   outputs = []
   for worker in workers:
     try:
@@ -328,7 +344,7 @@ def test_two_processes_agree_with_one(tmp_path):
   for worker, output in zip(workers, outputs, strict=True):
     assert worker.returncode == 0, output[-3000:]
   one = str(tmp_path / "one")
-  single = _worker(one, 0, 1, 0)
+  single = _driver(one)
   output = single.communicate(timeout=400)[0]
   assert single.returncode == 0, output[-3000:]
   assert _relative_error(_params(two), _params(one)) < 1e-5
@@ -338,3 +354,36 @@ def test_two_processes_agree_with_one(tmp_path):
     records = [json.loads(line) for line in f]
   train_steps = [r["step"] for r in records if r["kind"] == "train"]
   assert train_steps == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_bench_parallel_writes_a_row_per_cell(tmp_path):
+  out = tmp_path / "bench.json"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.bench_parallel",
+      "--devices=2,16",
+      "--mining=global,local",
+      "--batch_size=20",
+      "--image_size=8",
+      "--repeats=1",
+      f"--out={out}",
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(out) as f:
+    rows = json.load(f)["rows"]
+  # 20 images on 2 devices: 10 each, two whole classes, so local runs too.
+  # 16 > the 8 devices there are: skipped with a line, no row.
+  assert [(r["devices"], r["mining"]) for r in rows] == [
+    (2, "global"),
+    (2, "local"),
+  ]
+  assert all(r["seconds"] > 0 for r in rows)
