@@ -25,6 +25,8 @@ import numpy as np
 from absl import flags
 
 from dmljax.data import augment
+from dmljax.data import images as images_lib
+from dmljax.data.files import FileSplit
 from dmljax.data.split import Split
 from dmljax.labels import check_batch_shape
 
@@ -167,6 +169,46 @@ class _PKBatch:
     }
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _FilePKBatch:
+  """Maps a step to its P×K batch decoded from files (picklable).
+
+  The same sampling as `_PKBatch`; the augmentation is the paper's (random
+  S × S crop of the R × R image, mirror), drawn for the global batch, and
+  only this shard's rows are decoded.
+  """
+
+  split: FileSplit
+  members: _Members
+  num_classes: int
+  images_per_class: int
+  seed: int
+  shard_index: int = 0
+  shard_count: int = 1
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    sampling, augmenting = _rngs(self.seed, int(step))
+    ids = _sampled(
+      sampling, self.members, self.num_classes, self.images_per_class
+    )
+    preprocess = self.split.preprocess
+    crops = images_lib.draw_crops(augmenting, ids.size, preprocess)
+    rows = np.array_split(np.arange(ids.size), self.shard_count)
+    rows = rows[self.shard_index]
+    ids = ids[rows]
+    boxes = self.split.boxes
+    return {
+      "image": images_lib.load_batch(
+        [self.split.paths[i] for i in ids],
+        None if boxes is None else boxes[ids],
+        crops[rows],
+        preprocess,
+      ),
+      "label": self.split.labels[ids],
+      "index": ids,
+    }
+
+
 def _iterable(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
   if num_workers < 0:
     raise ValueError(f"num_workers must be non-negative, got {num_workers}.")
@@ -184,7 +226,7 @@ def _iterable(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
 
 
 def pk_batches(
-  split: Split,
+  split: Split | FileSplit,
   *,
   batch_size: int,
   images_per_class: int = 5,
@@ -199,7 +241,10 @@ def pk_batches(
   """Class-balanced training batches of a split, as a grain dataset.
 
   Args:
-    split: the images and labels to draw from.
+    split: the images and labels to draw from: in memory (`Split`, shifted
+      by `max_shift`, mirrored if `flip`) or files (`FileSplit`, decoded
+      and augmented as its `preprocess` says; `max_shift` and `flip` are
+      then unused).
     batch_size: B = P·K.
     images_per_class: K, at least 2.
     seed: a non-negative integer; batch `step` depends on (seed, step) only.
@@ -218,7 +263,8 @@ def pk_batches(
 
   Returns:
     An iterable whose `iter()` is a checkpointable `grain.DatasetIterator`
-    of dicts: "image" float32 [b, H, W, 1] in [0, 1], "label" int32 [b],
+    of dicts: "image" float32 [b, H, W, 1] in [0, 1] (files: [b, S, S, 3]
+    as `split.preprocess` says), "label" int32 [b],
     "index" int32 [b] (ids of the images in `split`), b = B / shard_count.
 
   >>> from dmljax.data.embedded import load_split
@@ -241,6 +287,18 @@ def pk_batches(
     raise ValueError(
       f"shard_index must be in 0..{shard_count - 1}, got {shard_index}."
     )
+  steps = grain.MapDataset.range(_ENDLESS if num_steps is None else num_steps)
+  if isinstance(split, FileSplit):
+    make_file_batch = _FilePKBatch(
+      split=split,
+      members=members,
+      num_classes=num_classes,
+      images_per_class=images_per_class,
+      seed=seed,
+      shard_index=shard_index,
+      shard_count=shard_count,
+    )
+    return _iterable(steps.map(make_file_batch), num_workers)
   if max_shift is None:
     max_shift = max(1, split.images.shape[1] // 16)
   make_batch = _PKBatch(
@@ -255,7 +313,6 @@ def pk_batches(
     shard_index=shard_index,
     shard_count=shard_count,
   )
-  steps = grain.MapDataset.range(_ENDLESS if num_steps is None else num_steps)
   return _iterable(steps.map(make_batch), num_workers)
 
 
@@ -281,8 +338,39 @@ class _EvalBatch:
     }
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _FileEvalBatch:
+  """Maps a batch number to its padded batch decoded from files."""
+
+  split: FileSplit
+  batch_size: int
+
+  def __call__(self, number: int) -> dict[str, np.ndarray]:
+    start = int(number) * self.batch_size
+    ids = np.arange(start, start + self.batch_size)
+    mask = ids < len(self.split)
+    valid = ids[mask]
+    preprocess = self.split.preprocess
+    boxes = self.split.boxes
+    images = np.zeros((self.batch_size, *self.split.image_shape), np.float32)
+    images[mask] = images_lib.load_batch(
+      [self.split.paths[i] for i in valid],
+      None if boxes is None else boxes[valid],
+      images_lib.center_crops(valid.size, preprocess),
+      preprocess,
+    )
+    labels = np.full(self.batch_size, -1, np.int32)
+    labels[mask] = self.split.labels[valid]
+    return {
+      "image": images,
+      "label": labels,
+      "index": np.where(mask, ids, -1).astype(np.int32),
+      "mask": mask,
+    }
+
+
 def eval_batches(
-  split: Split, *, batch_size: int, num_workers: int = 0
+  split: Split | FileSplit, *, batch_size: int, num_workers: int = 0
 ) -> grain.IterDataset:
   """Every image of a split once, in order, in fixed-size batches.
 
@@ -301,6 +389,9 @@ def eval_batches(
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
   num_batches = -(-len(split) // batch_size)
-  make_batch = _EvalBatch(split.images, split.labels, batch_size)
+  if isinstance(split, FileSplit):  # Decoded, centre-cropped, no flip.
+    make_batch = _FileEvalBatch(split, batch_size)
+  else:
+    make_batch = _EvalBatch(split.images, split.labels, batch_size)
   dataset = grain.MapDataset.range(num_batches).map(make_batch)
   return _iterable(dataset, num_workers)

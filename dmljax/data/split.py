@@ -66,6 +66,11 @@ class Split:
     """C, the number of classes."""
     return len(self.class_names)
 
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    """(H, W, 1), the shape of one network input."""
+    return tuple(self.images.shape[1:])
+
   def __len__(self) -> int:
     return self.images.shape[0]
 
