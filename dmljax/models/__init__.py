@@ -17,6 +17,7 @@ from dmljax.models.embedder import init_embedder
 from dmljax.models.embedder import l2_normalize
 from dmljax.models.embedder import make_embedder
 from dmljax.models.embedder import param_count
+from dmljax.models.pretrained import load_pretrained_backbone
 from dmljax.models.resnet import Bottleneck
 from dmljax.models.resnet import ResNet
 from dmljax.models.resnet import face_resnet50

@@ -14,14 +14,15 @@ bottleneck block's inner (1 × 1 and 3 × 3) width is its output width / 4.
   filters in the 5 stages", Sec. 5), i.e. bottleneck inner widths 24, 48,
   96, 192; about 3.3M parameters, F = 768.
 
-Details follow the common "v1.5" recipe: the stride of a downsampling block
-sits on its 3 × 3 convolution, the shortcut is a strided 1 × 1 conv + BN
-when the shape changes, convolutions have no bias, BatchNorm uses momentum
-0.9 and epsilon 1e-5 (the Gluon / PyTorch defaults), conv kernels are
-He-normal (fan out), and the last BN scale of each residual branch starts at
-zero so that every block is the identity at initialisation (Goyal et al.,
-2017). `dtype` sets the computation dtype (bfloat16 on accelerators) while
-parameters stay `param_dtype` (float32).
+Details follow the common "v1.5" recipe (torchvision's, so that its
+ImageNet weights load: `pretrained.py`): the stride of a downsampling block
+sits on its 3 × 3 convolution (padding 1 on every side), the shortcut is
+a strided 1 × 1 conv + BN when the shape changes, convolutions have no
+bias, BatchNorm uses momentum 0.9 and epsilon 1e-5 (the Gluon / PyTorch
+defaults), conv kernels are He-normal (fan out), and the last BN scale of
+each residual branch starts at zero so that every block is the identity at
+initialisation (Goyal et al., 2017). `dtype` sets the computation dtype
+(bfloat16 on accelerators) while parameters stay `param_dtype` (float32).
 """
 
 import functools
@@ -80,7 +81,9 @@ class Bottleneck(nn.Module):
     inner = self.width // self.expansion
     strides = (self.strides, self.strides)
     y = nn.relu(norm(name="bn1")(conv(inner, (1, 1), name="conv1")(x)))
-    y = conv(inner, (3, 3), strides, name="conv2")(y)
+    # Symmetric padding, as torchvision's: "SAME" would pad a strided conv
+    # on an even input by (0, 1) and shift every pretrained feature map.
+    y = conv(inner, (3, 3), strides, padding=((1, 1), (1, 1)), name="conv2")(y)
     y = nn.relu(norm(name="bn2")(y))
     y = conv(self.width, (1, 1), name="conv3")(y)
     y = norm(scale_init=nn.initializers.zeros, name="bn3")(y)
