@@ -128,6 +128,10 @@ def create_train_state(
   key = jax.random.key(config.seed)
   init_key, rng = jax.random.split(key)
   variables = models_lib.init_embedder(model, init_key, input_shape)
+  if config.model.pretrained:  # ImageNet weights for the backbone.
+    variables = models_lib.load_pretrained_backbone(
+      variables, config.model.pretrained
+    )
   beta = beta_lib.init_beta(
     beta0=config.beta.beta0,
     num_classes=num_classes if config.beta.per_class else None,
@@ -231,7 +235,38 @@ def make_train_step(model, method, tx, *, mesh=None, mining: str = "global"):
   return step
 
 
+def _load_file_split(config, split):
+  """A benchmark split from `config.data.data_dir` (dmljax.data.readers)."""
+  if config.data.data_source != "files":
+    raise ValueError(
+      f"data_source {config.data.data_source!r} is not supported yet: "
+      "unpack the official archive and use data_source='files' (the "
+      "default) with --data_dir."
+    )
+  preprocess = data_lib.Preprocess(
+    mode=config.data.resize_mode,
+    resize=config.data.resize_size,
+    crop=config.data.image_size,
+    flip=config.data.flip,
+    standardize=config.data.standardize,
+  )
+  return data_lib.load_file_split(
+    config.data.name,
+    split,
+    data_dir=config.data.data_dir,
+    preprocess=preprocess,
+    check_counts=config.data.check_counts,
+    cropped=config.data.cropped,
+  )
+
+
 def _load_splits(config):
+  if config.data.name in data_lib.READERS:  # Image files on disk.
+    train = _load_file_split(config, "train")
+    test = _load_file_split(config, "test")
+    if config.eval.max_classes:
+      test = test.first_classes(config.eval.max_classes)
+    return train, test
   kwargs = dict(image_size=config.data.image_size)
   if config.data.cache_dir:
     kwargs["cache_dir"] = config.data.cache_dir
@@ -284,7 +319,7 @@ def train_and_evaluate(
     config,
     model,
     tx,
-    input_shape=(batch_size, *train_split.images.shape[1:]),
+    input_shape=(batch_size, *train_split.image_shape),
     num_classes=train_split.num_classes,
     num_images=len(train_split),
   )

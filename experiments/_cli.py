@@ -45,6 +45,20 @@ _MULTIHOST = flags.DEFINE_bool(
   "Start jax.distributed with cluster auto-detection (no other flag needed "
   "on SLURM, Open MPI or a Cloud TPU slice).",
 )
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir",
+  None,
+  "Benchmarks: the unpacked official archive (the layout is in the error "
+  "message of a missing one, and in dmljax/data/<dataset>.py). Same as "
+  "--config.data.data_dir.",
+)
+_DATA_SOURCE = flags.DEFINE_enum(
+  "data_source",
+  None,
+  ["files", "tfds"],
+  "Benchmarks: 'files' (official layout under --data_dir) or 'tfds'. Same "
+  "as --config.data.data_source.",
+)
 _WORKDIR = flags.DEFINE_string(
   "workdir",
   None,
@@ -98,6 +112,10 @@ def run(*, dataset: str) -> None:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
     config = _CONFIG.value
+    if _DATA_DIR.value is not None:
+      config.data.data_dir = _DATA_DIR.value
+    if _DATA_SOURCE.value is not None:
+      config.data.data_source = _DATA_SOURCE.value
     workdir = _WORKDIR.value or os.path.join(
       "runs", config.data.name, config.method
     )
