@@ -75,3 +75,23 @@ def test_driver_without_data_dir_says_what_to_do(tmp_path):
   assert result.returncode != 0
   assert "no data directory given. Pass --data_dir=DIR" in result.stderr
   assert "Stanford_Online_Products.zip" in result.stderr
+
+
+def test_pipeline_benchmark_writes_its_table(tmp_path):
+  out = tmp_path / "bench.json"
+  result = _run(
+    [
+      "experiments.bench_pipeline",
+      "--workers=0",
+      "--num_images=10",
+      "--batch_size=10",
+      "--width=64",
+      "--height=48",
+      "--seconds=0.2",
+      f"--out={out}",
+    ]
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["workers"] for r in rows] == [0]
+  assert rows[0]["images_per_s"] > 0
