@@ -12,11 +12,12 @@ Recall@k (leave-one-out, Wu et al. Sec. 5) for k in --ks with
   * pytorch-metric-learning `AccuracyCalculator(k=max_k)` (precision_at_1
     only: it reports no Recall@k for k > 1),
 plus dmljax `map_at_r` (one call). k-means + NMI on --kmeans_points points
-of the same data with K = their number of classes, at --kmeans_iters Lloyd
-iterations for every implementation: dmljax (random and k-means++ seeding),
-faiss `Kmeans` (random seeding) and scikit-learn `KMeans` (k-means++,
-n_init=1, tol=0); and with --sop_kmeans_iters > 0, dmljax and faiss at
-K = 11,316 on all points.
+(--kmeans_clusters classes of equal size) with K = the number of classes:
+dmljax (random and k-means++ seeding, at most --kmeans_iters Lloyd steps; it
+stops at a fixed point), then faiss `Kmeans` (random seeding) and
+scikit-learn `KMeans` (k-means++, n_init=1, tol=0) for as many iterations as
+the dmljax run before them took; and with --sop_kmeans_iters > 0, dmljax and
+faiss at K = 11,316 on all SOP-sized points.
 
 Each implementation runs in its own process (spawned), so its peak memory
 is its own: the JSON gives the peak resident memory (VmHWM, reset before
@@ -432,18 +433,24 @@ def main(argv):
   km_data = (_KM_N.value, _KM_C.value, _DIM.value, _KM_NOISE.value, _SEED.value)
   km_data += (False,)
   iters = dict(num_iters=_KM_ITERS.value)
+
+  def same_iterations(row):
+    """The peer runs as many Lloyd steps as dmljax (which may stop early)."""
+    done = row.get("values", {}).get("iterations", _KM_ITERS.value)
+    return dict(num_iters=max(done, 1))
+
   rows = [
     run_cell("kmeans_dmljax", km_data, iters | dict(init="random"), warmup=True)
   ]
   if "faiss" in peers:
-    rows.append(run_cell("kmeans_faiss", km_data, iters))
+    rows.append(run_cell("kmeans_faiss", km_data, same_iterations(rows[0])))
   rows.append(
     run_cell(
       "kmeans_dmljax", km_data, iters | dict(init="kmeans++"), warmup=True
     )
   )
   if "sklearn" in peers:
-    rows.append(run_cell("kmeans_sklearn", km_data, iters))
+    rows.append(run_cell("kmeans_sklearn", km_data, same_iterations(rows[-1])))
   cell(f"kmeans N={_KM_N.value} K={_KM_C.value}", rows)
 
   if _SOP_ITERS.value > 0:
@@ -458,7 +465,9 @@ def main(argv):
       )
     ]
     if "faiss" in peers:
-      rows.append(run_cell("kmeans_faiss", sop, iters, repeats=1))
+      rows.append(
+        run_cell("kmeans_faiss", sop, same_iterations(rows[0]), repeats=1)
+      )
     cell(f"kmeans N={_N.value} K={_C.value}", rows)
 
   names = "num_points num_classes dim noise ks block_size kmeans_points"
