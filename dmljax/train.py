@@ -44,6 +44,7 @@ from dmljax import models as models_lib
 from dmljax import optim
 from dmljax import parallel
 from dmljax import reporting
+from dmljax.dsp import training as dsp_training
 
 # The options of each sampler that a config carries (others take none).
 SAMPLER_OPTIONS = {
@@ -304,16 +305,23 @@ def train_and_evaluate(
   primary = jax.process_index() == 0
   train_split, test_split = _load_splits(config)
   batch_size = config.data.batch_size
+  images_per_class = config.data.images_per_class
   mining = config.parallel.mining
-  num_devices = parallel.choose_num_devices(
-    batch_size,
-    config.data.images_per_class,
-    mining=mining,
-    requested=config.parallel.num_devices,
-  )
+  dsp = dsp_training.is_dsp(config)
+  if dsp:  # A pool of P × M candidates per step, on one device.
+    dsp_training.check_config(config)
+    classes, images_per_class = dsp_training.pool_shape(config)
+    batch_size = classes * images_per_class
+  num_devices = 1
+  if not dsp:
+    num_devices = parallel.choose_num_devices(
+      batch_size,
+      images_per_class,
+      mining=mining,
+      requested=config.parallel.num_devices,
+    )
   mesh = parallel.make_mesh(num_devices)
-  model = make_model(config, axis_name=parallel.DATA_AXIS)
-  method = make_method(config)
+  model = make_model(config, axis_name=None if dsp else parallel.DATA_AXIS)
   tx = make_optimizer(config)
   state = create_train_state(
     config,
@@ -323,12 +331,20 @@ def train_and_evaluate(
     num_classes=train_split.num_classes,
     num_images=len(train_split),
   )
-  state = parallel.replicate(state, mesh)
+  if dsp:
+    state, step_fn = dsp_training.setup(
+      config, model, tx, state, train_split.image_shape
+    )
+  else:
+    step_fn = make_train_step(
+      model, make_method(config), tx, mesh=mesh, mining=mining
+    )
+    state = parallel.replicate(state, mesh)
   batches = iter(
     data_lib.pk_batches(
       train_split,
       batch_size=batch_size,
-      images_per_class=config.data.images_per_class,
+      images_per_class=images_per_class,
       seed=config.seed,
       num_steps=config.train.num_steps,
       max_shift=config.data.max_shift,
@@ -344,7 +360,6 @@ def train_and_evaluate(
     batches.set_state(data_state)
     start = int(parallel.to_host(state["step"]))
   log = reporting.MetricsLog(workdir, resume_step=start, enabled=primary)
-  step_fn = make_train_step(model, method, tx, mesh=mesh, mining=mining)
   embed_fn = evaluation.make_embed_fn(model)
   num_steps = config.train.num_steps
 
@@ -362,7 +377,9 @@ def train_and_evaluate(
   if primary and num_devices > 1:
     progress.write(f"Data parallel: {num_devices} devices, {mining} mining.")
   for step in range(start + 1, num_steps + 1):
-    batch = parallel.shard_batch(next(batches), mesh)
+    batch = next(batches)
+    if not dsp:
+      batch = parallel.shard_batch(batch, mesh)
     state, metrics = step_fn(state, batch)
     if step % config.train.log_every == 0 or step == num_steps:
       check_finite(state)

@@ -23,7 +23,10 @@ from experiments.configs import methods
 _DATASET = flags.DEFINE_enum("dataset", "glyphs", ["glyphs", "digits"], "Data.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per method (0..N-1).")
 _METHODS = flags.DEFINE_list(
-  "methods", list(methods.METHODS), "Configs to run, comma separated."
+  "methods",
+  list(methods.WU_GRID),
+  "Configs to run, comma separated (default: Wu et al.'s Table 1 grid; "
+  "DE-DSP's: " + ",".join(methods.DSP_GRID + methods.DSP_NPAIR_GRID) + ").",
 )
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "Override steps (0: keep).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Seconds-long runs (CI).")

@@ -299,3 +299,26 @@ def test_algorithm_step_runs_under_jit_and_training_lowers_the_loss(kind):
     lambda a, b: float(jnp.abs(a - b).max()), state["dsn"], dsn_before
   )
   assert max(jax.tree.leaves(moved)) > 0  # The sampler was trained too.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dsp_triplet", "dsp_npair"])
+def test_dsp_configs_train_and_resume_to_the_same_metrics(name, tmp_path):
+  import json  # noqa: PLC0415
+  import os  # noqa: PLC0415
+  import shutil  # noqa: PLC0415
+
+  from dmljax import train  # noqa: PLC0415
+  from experiments.configs import methods  # noqa: PLC0415
+
+  config = methods.get_config(f"method={name},dataset=digits,smoke")
+  config.ckpt.max_to_keep = 3
+  workdir = str(tmp_path / name)
+  final = train.train_and_evaluate(config, workdir)
+  # Forget the last checkpoint: the rerun resumes at step 2 (sampler and
+  # its optimiser state included) and must end with the same numbers.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+  resumed = train.train_and_evaluate(config, workdir)
+  assert resumed == pytest.approx(final, abs=1e-5)
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f)["config"]["sampler"]["name"] == "dsp"

@@ -1,9 +1,9 @@
 """The base config: every option with its default, and the dataset defaults.
 
 A config has the sections data, model, sampler, loss, beta, optim, train,
-eval, ckpt and parallel. The dataset supplies its defaults (image size,
-model, steps, batch, learning rate); the method (see `methods.py`) supplies
-sampler and loss. Dotted overrides on the command line
+eval, ckpt, dsp and parallel. The dataset supplies its defaults (image
+size, model, steps, batch, learning rate); the method (see `methods.py`)
+supplies sampler and loss. Dotted overrides on the command line
 (`--config.loss.margin=0.1`) are applied after both, so they always win.
 """
 
@@ -48,6 +48,8 @@ DATASETS = {
     learning_rate=1e-3,
     model="small",
     eval_every=100,
+    dsp_pool_classes=5,  # Digits has 5 training classes.
+    dsp_tuples_per_minibatch=4,
     **_EMBEDDED,
   ),
   # The benchmarks (Wu et al. Sec. 5): 224 px crops of 256 × 256 images
@@ -206,6 +208,22 @@ def base_config(
     num_folds=10,  # LFW verification: 10 folds of 600 pairs.
   )
   c.ckpt = dict(every=250, max_to_keep=2)
+  # DE-DSP (`dmljax.dsp`, sampler.name = "dsp"): each step draws a pool of
+  # P classes × M images; K mini-batches of m tuples are chosen by the
+  # sampler network (Algorithm 1). Paper: batch 120, mini-batch 30; here
+  # K·m·3 = 120 triplet images per embedding step, as the other methods.
+  c.dsp = dict(
+    kind="triplet",  # "triplet" (L = 2 networks) or "npair".
+    pool_classes=d.get("dsp_pool_classes", 24),
+    pool_images_per_class=10,
+    num_minibatches=2,
+    tuples_per_minibatch=d.get("dsp_tuples_per_minibatch", 20),
+    baseline="mean",  # The paper's; or "leave_one_out", "none".
+    entropy_weight=0.0,  # Not in the paper.
+    learning_rate=1e-3,
+    features=64,
+    downsample=2,
+  )
   c.parallel = dict(
     num_devices=0,  # 0: all devices the batch splits over (dmljax.parallel).
     mining="global",  # "global": sample on the whole batch; "local": shard.
@@ -222,6 +240,10 @@ def base_config(
     c.eval.max_classes = 20
     c.eval.kmeans_iters = 5
     c.ckpt.every = 2
+    c.dsp.pool_classes = 4
+    c.dsp.pool_images_per_class = 5
+    c.dsp.tuples_per_minibatch = 4
+    c.dsp.features = 8
     if d["resize_size"]:  # A benchmark: tiny images, the small CPU net.
       c.model.name = "small"
       c.data.image_size = 32

@@ -34,7 +34,17 @@ METHODS = {
     {"loss.margin": 1.0, "sampler.lower_bound": 0.5},
   ),
   "contrastive_dw": ("distance_weighted", "contrastive", {"loss.margin": 1.0}),
+  # DE-DSP (Duan et al. 2019) and the baselines it is compared with.
+  "dsp_triplet": ("dsp", "triplet_l2", {"dsp.kind": "triplet"}),
+  "dsp_npair": ("dsp", "npair", {"dsp.kind": "npair"}),
+  "triplet_random": ("random", "triplet_l2", {}),
+  "triplet_semihard": ("semihard", "triplet_l2", {}),
+  "npair": ("random", "npair", {}),
 }
+# The sampler × loss grid of Wu et al. (Table 1): the ablation's default.
+WU_GRID = tuple(list(METHODS)[: list(METHODS).index("contrastive_dw") + 1])
+DSP_GRID = ("dsp_triplet", "triplet_random", "triplet_semihard")
+DSP_NPAIR_GRID = ("dsp_npair", "npair")
 
 
 def get_config(arg: str | None = None):
