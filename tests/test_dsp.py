@@ -322,3 +322,36 @@ def test_dsp_configs_train_and_resume_to_the_same_metrics(name, tmp_path):
   assert resumed == pytest.approx(final, abs=1e-5)
   with open(os.path.join(workdir, "summary.json")) as f:
     assert json.load(f)["config"]["sampler"]["name"] == "dsp"
+
+
+@pytest.mark.slow
+def test_bench_dsp_times_the_three_ways(tmp_path):
+  import json  # noqa: PLC0415
+  import os  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "bench_dsp.json"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.bench_dsp",
+      "--classes=4",
+      "--images_per_class=10",
+      "--chunk=20",
+      "--repeats=1",
+      f"--out={out}",
+    ],
+    cwd=root,
+    env=dict(os.environ, PYTHONPATH=root),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(out) as f:
+    seconds = json.load(f)["seconds"]
+  assert set(seconds) == {"exhaustive", "dsn", "dsn_cached_summaries"}
+  assert all(value > 0 for value in seconds.values())
