@@ -40,7 +40,14 @@ def _run(args, **kwargs):
 @pytest.mark.parametrize("dataset", sorted(_KEYS))
 def test_benchmark_driver_smoke(dataset, tmp_path):
   data_dir = archives.MAKERS[dataset](str(tmp_path / "data"))
-  extra = ["--config.data.cropped=True"] if dataset == "cars196" else []
+  extra = {
+    "cars196": ["--config.data.cropped=True"],
+    # The faces options: bfloat16 compute and the 256-d embedding.
+    "lfw": [
+      "--config.model.dtype=bfloat16",
+      "--config.model.embedding_dim=256",
+    ],
+  }.get(dataset, [])
   result = _run(
     [
       f"experiments.{dataset}",

@@ -15,7 +15,10 @@ Within a batch: P distinct classes, drawn uniformly; K images of each, drawn
 without replacement, or with replacement from a class with fewer than K
 images (it then repeats images). The batch lists the classes one after the
 other, K images each. Images are shifted at random (padding and a random
-crop), optionally mirrored, and returned as float32 in [0, 1].
+crop), optionally mirrored, and returned as float32 in [0, 1]. A benchmark
+split on disk (`FileSplit`) is sampled the same way, but its images are
+decoded per batch, only this shard's rows, and augmented as the paper says
+(`images.py`: random crop of the 256 × 256 image, mirror, standardised).
 """
 
 import dataclasses
@@ -383,7 +386,8 @@ def eval_batches(
     num_workers: grain worker processes; 0 makes batches in this process.
 
   Returns:
-    A grain dataset of dicts: "image" float32 [B, H, W, 1] in [0, 1],
+    A grain dataset of dicts: "image" float32 [B, H, W, 1] in [0, 1] (a
+    `FileSplit`: [B, S, S, 3], the centre crop, as its `preprocess` says),
     "label" int32 [B], "index" int32 [B], "mask" bool [B].
   """
   if batch_size < 1:
