@@ -261,7 +261,32 @@ def _load_file_split(config, split):
   )
 
 
+def _load_folder_split(config, split):
+  """A split of the user's folder or CSV (dmljax.data.folder)."""
+  return data_lib.folder.load_split(
+    config.data.data_dir,
+    split,
+    preprocess=data_lib.Preprocess(
+      mode=config.data.resize_mode,
+      resize=config.data.resize_size,
+      crop=config.data.image_size,
+      flip=config.data.flip,
+      standardize=config.data.standardize,
+    ),
+    how=config.data.split,
+    test_fraction=config.data.test_fraction,
+    seed=config.data.split_seed,
+    test_classes=tuple(filter(None, config.data.test_classes.split(","))),
+  )
+
+
 def _load_splits(config):
+  if config.data.name == "folder":  # The user's own images.
+    train = _load_folder_split(config, "train")
+    test = _load_folder_split(config, "test")
+    if config.eval.max_classes:
+      test = test.first_classes(config.eval.max_classes)
+    return train, test
   if config.data.name in data_lib.READERS:  # Image files on disk.
     train = _load_file_split(config, "train")
     test = _load_file_split(config, "test")

@@ -7,6 +7,7 @@
 ((10, 8, 8, 1), dtype('float32'))
 """
 
+from dmljax.data import folder
 from dmljax.data.augment import random_flip
 from dmljax.data.augment import random_shift
 from dmljax.data.embedded import DATASETS

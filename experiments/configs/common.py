@@ -107,6 +107,20 @@ DATASETS = {
     ks=(1,),
     **_BENCHMARK,
   ),
+  # Your own images (dmljax/data/folder.py): a folder of class sub-folders or
+  # a .csv/.tsv. CPU-sized: 64 px crops of 72 × 72 images, the small net.
+  # For real use: --config.model.name=resnet50 --config.data.image_size=224
+  # --config.data.resize_size=256 --config.model.pretrained=FILE.
+  "folder": dict(
+    image_size=64,
+    batch_size=60,
+    num_steps=1000,
+    learning_rate=1e-3,
+    model="small",
+    eval_every=500,
+    ks=(1, 2, 4, 8),
+    **{**_BENCHMARK, "resize_size": 72, "num_workers": 0},
+  ),
 }
 
 
@@ -164,6 +178,13 @@ def base_config(
     standardize=d["standardize"],  # ImageNet mean / std; else [0, 1].
     cropped=False,  # CARS196 / CUB: cut to the bounding boxes first.
     check_counts=True,  # The lists must match the official counts.
+    # "folder" only: how the images are cut into train and test (a CSV's
+    # split column wins): "classes" (test_fraction of the classes, drawn with
+    # split_seed, or the comma-separated test_classes) or "instances".
+    split="classes",
+    test_fraction=0.5,
+    split_seed=0,  # Not config.seed: another training seed, same split.
+    test_classes="",
   )
   c.model = dict(
     name=d["model"],
