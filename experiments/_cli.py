@@ -120,6 +120,9 @@ def run(*, dataset: str) -> None:
       "runs", config.data.name, config.method
     )
     logging.info("Config:\n%s", config)
+    from dmljax import export  # pylint: disable=import-outside-toplevel
+
+    export.write_run_config(workdir, config)  # For experiments.embed.
     train.train_and_evaluate(config, workdir)
 
   app.run(main)

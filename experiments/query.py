@@ -1,0 +1,68 @@
+"""The nearest neighbours of an image (or a folder of them) in an export.
+
+  python -m experiments.query --embeddings=embeddings.npz --image=IMG \\
+    [--k=10] [--sheet=neighbours.png]
+
+Embeds the query with the network and preprocessing the export recorded
+(embeddings.json: workdir, step) and ranks the exported images by
+Euclidean distance with the exact on-device top-k of the evaluation code
+(dmljax.metrics.nearest_neighbors). --sheet writes a contact sheet: each
+query, then its neighbours with their distances.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+
+_EMBEDDINGS = flags.DEFINE_string(
+  "embeddings", None, "The .npz/.npy written by experiments.embed."
+)
+_IMAGE = flags.DEFINE_string("image", None, "An image file, or a folder.")
+_K = flags.DEFINE_integer("k", 10, "Neighbours per query.")
+_SHEET = flags.DEFINE_string("sheet", None, "Optional contact-sheet PNG.")
+
+
+def _queries(image: str) -> list[str]:
+  from dmljax.data import folder  # pylint: disable=import-outside-toplevel
+
+  if not os.path.isdir(image):
+    return [image]
+  paths = sorted(
+    os.path.join(image, f)
+    for f in os.listdir(image)
+    if f.lower().endswith(folder.IMAGE_EXTENSIONS)
+  )
+  if not paths:
+    raise ValueError(f"{image} holds no image files.")
+  return paths
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from dmljax import export  # pylint: disable=import-outside-toplevel
+  from dmljax import metrics  # pylint: disable=import-outside-toplevel
+
+  database, paths, labels, meta = export.read_embeddings(_EMBEDDINGS.value)
+  model, variables, _, config = export.load_model(meta["workdir"], meta["step"])
+  queries = _queries(_IMAGE.value)
+  embeddings = export.embed_images(
+    model, variables, queries, export.preprocess_of(config.data)
+  )
+  k = min(_K.value, len(paths))
+  distances, indices = metrics.nearest_neighbors(embeddings, database, k)
+  distances, indices = distances.tolist(), indices.tolist()
+  for query, row, ids in zip(queries, distances, indices, strict=True):
+    print(f"{query}:")
+    for rank, (d, i) in enumerate(zip(row, ids, strict=True), start=1):
+      print(f"  {rank:3d}  {d:.4f}  {labels[i]}  {paths[i]}")
+  if _SHEET.value:
+    neighbours = [[paths[i] for i in ids] for ids in indices]
+    export.contact_sheet(queries, neighbours, distances, _SHEET.value)
+    print(f"Contact sheet: {_SHEET.value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["embeddings", "image"])
+  app.run(main)
