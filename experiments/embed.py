@@ -15,6 +15,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
 _DATA_DIR = flags.DEFINE_string(
@@ -31,6 +32,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per batch.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # Orbax logs every file it reads.
   from dmljax import export  # pylint: disable=import-outside-toplevel
   from dmljax.data import folder  # pylint: disable=import-outside-toplevel
 

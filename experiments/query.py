@@ -12,8 +12,10 @@ query, then its neighbours with their distances.
 
 import os
 
+import numpy as np
 from absl import app
 from absl import flags
+from absl import logging
 
 _EMBEDDINGS = flags.DEFINE_string(
   "embeddings", None, "The .npz/.npy written by experiments.embed."
@@ -26,8 +28,11 @@ _SHEET = flags.DEFINE_string("sheet", None, "Optional contact-sheet PNG.")
 def _queries(image: str) -> list[str]:
   from dmljax.data import folder  # pylint: disable=import-outside-toplevel
 
-  if not os.path.isdir(image):
+  if os.path.isfile(image):
+    folder.check_image(image)
     return [image]
+  if not os.path.isdir(image):
+    raise ValueError(f"--image={image} is neither an image file nor a folder.")
   paths = sorted(
     os.path.join(image, f)
     for f in os.listdir(image)
@@ -41,6 +46,8 @@ def _queries(image: str) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # Orbax logs every file it reads.
   from dmljax import export  # pylint: disable=import-outside-toplevel
   from dmljax import metrics  # pylint: disable=import-outside-toplevel
 
@@ -52,7 +59,8 @@ def main(argv):
   )
   k = min(_K.value, len(paths))
   distances, indices = metrics.nearest_neighbors(embeddings, database, k)
-  distances, indices = distances.tolist(), indices.tolist()
+  # + 0.0 turns sqrt(-0.0) (an image against itself) into 0.0.
+  distances, indices = (np.asarray(distances) + 0.0).tolist(), indices.tolist()
   for query, row, ids in zip(queries, distances, indices, strict=True):
     print(f"{query}:")
     for rank, (d, i) in enumerate(zip(row, ids, strict=True), start=1):

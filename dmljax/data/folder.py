@@ -77,7 +77,7 @@ class Listing:
     return len(self.paths)
 
 
-def _check_image(path: str) -> None:
+def check_image(path: str) -> None:
   """ValueError unless Pillow recognises `path` as an image (header only)."""
   try:
     with Image.open(path):
@@ -125,7 +125,7 @@ def read_folder(data_dir: str) -> Listing:
       f"add images ({', '.join(IMAGE_EXTENSIONS)}) or remove the folder."
     )
   for path in paths:
-    _check_image(path)
+    check_image(path)
   return Listing(tuple(paths), tuple(classes), None, data_dir)
 
 
@@ -144,7 +144,7 @@ def _label(value: str, where: str) -> str:
       "Labels must be strings or integers (a float label such as '3.0' "
       "usually means the column was written as floats: write integers)."
     )
-  return str(int(number))
+  return value  # An integer id, kept as written ("07" and "7" differ).
 
 
 def read_csv(path: str) -> Listing:
@@ -196,7 +196,7 @@ def read_csv(path: str) -> Listing:
       "CSV's folder (or absolute)."
     )
   for image in paths:
-    _check_image(image)
+    check_image(image)
   return Listing(
     tuple(paths), tuple(classes), tuple(splits) if has_split else None, path
   )
