@@ -237,12 +237,16 @@ def make_train_step(model, method, tx, *, mesh=None, mining: str = "global"):
 
 
 def _load_file_split(config, split):
-  """A benchmark split from `config.data.data_dir` (dmljax.data.readers)."""
-  if config.data.data_source != "files":
+  """A benchmark split from `config.data.data_dir`.
+
+  data_source "files": the official archive (dmljax.data.readers); "tfds":
+  a prepared tfds dataset (dmljax.data.tfds_source, the optional extra).
+  """
+  source = config.data.data_source
+  if source not in ("files", "tfds"):
     raise ValueError(
-      f"data_source {config.data.data_source!r} is not supported yet: "
-      "unpack the official archive and use data_source='files' (the "
-      "default) with --data_dir."
+      f"Unknown data_source {source!r}: 'files' (the official archive "
+      "under --data_dir) or 'tfds' (a prepared tfds dataset)."
     )
   preprocess = data_lib.Preprocess(
     mode=config.data.resize_mode,
@@ -251,6 +255,17 @@ def _load_file_split(config, split):
     flip=config.data.flip,
     standardize=config.data.standardize,
   )
+  if source == "tfds":
+    from dmljax.data import tfds_source  # pylint: disable=import-outside-toplevel
+
+    return tfds_source.load(
+      config.data.name,
+      split,
+      data_dir=config.data.data_dir,
+      preprocess=preprocess,
+      check_counts=config.data.check_counts,
+      cropped=config.data.cropped,
+    )
   return data_lib.load_file_split(
     config.data.name,
     split,

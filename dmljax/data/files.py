@@ -19,6 +19,7 @@ Three evaluation protocols are told apart by the fields that are set:
 
 import dataclasses
 import os
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,10 @@ class FileSplit:
     query: bool [N], True for the query images (In-Shop), or None.
     pairs: int32 [P, 2] image indices of verification pairs (LFW), or None.
     is_same: bool [P], a matched pair, or None.
+    records: where the encoded images are when they are not files (a
+      prepared tfds dataset: `tfds_source.Records`, with `read(rows)` → the
+      rows' JPEG/PNG bytes and `take(rows)`; `paths` then only name the
+      records), or None.
   """
 
   paths: tuple[str, ...]
@@ -51,6 +56,7 @@ class FileSplit:
   query: np.ndarray | None = None
   pairs: np.ndarray | None = None
   is_same: np.ndarray | None = None
+  records: Any = None
 
   def __post_init__(self):
     n = len(self.paths)
@@ -111,7 +117,12 @@ class FileSplit:
       class_names=self.class_names[:num_classes],
       boxes=None if self.boxes is None else self.boxes[keep],
       query=None if self.query is None else self.query[keep],
+      records=None if self.records is None else self.records.take(keep),
     )
+
+  def encoded(self, rows) -> list[bytes] | None:
+    """The encoded images of `rows` if `records` hold them, else None."""
+    return None if self.records is None else self.records.read(rows)
 
 
 def dense_labels(keys) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -23,6 +23,7 @@ pretrained ResNet-50 expect) or scaled to [0, 1].
 """
 
 import dataclasses
+import io
 
 import numpy as np
 from PIL import Image
@@ -68,14 +69,19 @@ PAPER_SQUARE = Preprocess()
 PAPER_PADDED = Preprocess(mode="pad")
 
 
-def decode(path: str, box: np.ndarray | None = None) -> Image.Image:
+def decode(
+  path: str, box: np.ndarray | None = None, data: bytes | None = None
+) -> Image.Image:
   """The RGB image at `path`, cut to `box` (x1, y1, x2, y2) if given.
+
+  `data`, if given, is the encoded image itself (a tfds record) and `path`
+  only names it in errors.
 
   Raises:
     ValueError: the file is missing, truncated or not an image, naming it.
   """
   try:
-    with Image.open(path) as image:
+    with Image.open(path if data is None else io.BytesIO(data)) as image:
       image = image.convert("RGB")  # Forces the full decode.
   except FileNotFoundError as error:
     raise ValueError(
@@ -84,6 +90,11 @@ def decode(path: str, box: np.ndarray | None = None) -> Image.Image:
       "the layout)."
     ) from error
   except (OSError, SyntaxError) as error:
+    if data is not None:
+      raise ValueError(
+        f"Cannot decode image {path} ({error}): the record is corrupt. "
+        "Prepare the tfds dataset again, or use data_source='files'."
+      ) from error
     raise ValueError(
       f"Cannot decode image {path} ({error}): the file is corrupt or "
       "truncated. Extract the official archive again, or remove this image "
@@ -174,7 +185,7 @@ def to_input(images: np.ndarray, preprocess: Preprocess) -> np.ndarray:
 
 
 def load_batch(
-  paths, boxes, crops: Crops, preprocess: Preprocess
+  paths, boxes, crops: Crops, preprocess: Preprocess, data=None
 ) -> np.ndarray:
   """float32 [B, S, S, 3]: decode, box, scale, crop, mirror each image.
 
@@ -183,12 +194,19 @@ def load_batch(
     boxes: float [B, 4] boxes (x1, y1, x2, y2), or None.
     crops: the batch's crop offsets and flips.
     preprocess: the scaling and the crop side.
+    data: B encoded images (tfds records) to decode instead of reading
+      `paths`, or None.
   """
   size = preprocess.crop
   out = np.empty((len(paths), size, size, 3), np.uint8)
   for i, path in enumerate(paths):
     image = resized(
-      decode(path, None if boxes is None else boxes[i]), preprocess
+      decode(
+        path,
+        None if boxes is None else boxes[i],
+        None if data is None else data[i],
+      ),
+      preprocess,
     )
     top, left = int(crops.top[i]), int(crops.left[i])
     patch = image[top : top + size, left : left + size]

@@ -206,6 +206,7 @@ class _FilePKBatch:
         None if boxes is None else boxes[ids],
         crops[rows],
         preprocess,
+        self.split.encoded(ids),
       ),
       "label": self.split.labels[ids],
       "index": ids,
@@ -361,6 +362,7 @@ class _FileEvalBatch:
       None if boxes is None else boxes[valid],
       images_lib.center_crops(valid.size, preprocess),
       preprocess,
+      self.split.encoded(valid),
     )
     labels = np.full(self.batch_size, -1, np.int32)
     labels[mask] = self.split.labels[valid]
