@@ -9,6 +9,8 @@ rate), combined with `optax.partition` as in big_vision.
 from collections.abc import Mapping
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from dmljax import beta as beta_lib
@@ -75,3 +77,20 @@ def embedding_optimizer(
       ),
     }
   )
+
+
+def skip_nonfinite(new: dict, state: dict, loss: jax.Array, grads) -> dict:
+  """`new` if the loss and gradients are finite, else the old `state`.
+
+  Both are train-state dicts with "step" and "nonfinite_step" (−1 until the
+  first non-finite step). A non-finite step keeps the last good state, so
+  no checkpoint ever holds NaN, and records its step number (the first one
+  only) for the loop to report.
+  """
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+  kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+  first_bad = (state["nonfinite_step"] < 0) & ~finite
+  kept["nonfinite_step"] = jnp.where(
+    first_bad, state["step"] + 1, state["nonfinite_step"]
+  )
+  return kept

@@ -214,26 +214,30 @@ def make_train_step(model, method, tx, *, mesh=None, mining: str = "global"):
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = {
-      "params": params,
-      "batch_stats": batch_stats,
-      "opt": opt,
-      "step": state["step"] + 1,
-      "rng": state["rng"],
-      "nonfinite_step": state["nonfinite_step"],
-    }
-    # A non-finite step keeps the last good state and remembers where it was.
-    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-    first_bad = (state["nonfinite_step"] < 0) & ~finite
-    new["nonfinite_step"] = jnp.where(
-      first_bad, state["step"] + 1, state["nonfinite_step"]
+    new = dict(
+      state,
+      params=params,
+      batch_stats=batch_stats,
+      opt=opt,
+      step=state["step"] + 1,
     )
+    new = optim.skip_nonfinite(new, state, loss, grads)
     beta = params["beta"]["beta0"]
     metrics = {"loss": loss, "grad_norm": grad_norm, "beta0": beta, **aux}
     return new, metrics
 
   return step
+
+
+def _preprocess(config) -> data_lib.Preprocess:
+  """The image preprocessing of `config.data` (file-backed datasets)."""
+  return data_lib.Preprocess(
+    mode=config.data.resize_mode,
+    resize=config.data.resize_size,
+    crop=config.data.image_size,
+    flip=config.data.flip,
+    standardize=config.data.standardize,
+  )
 
 
 def _load_file_split(config, split):
@@ -248,29 +252,16 @@ def _load_file_split(config, split):
       f"Unknown data_source {source!r}: 'files' (the official archive "
       "under --data_dir) or 'tfds' (a prepared tfds dataset)."
     )
-  preprocess = data_lib.Preprocess(
-    mode=config.data.resize_mode,
-    resize=config.data.resize_size,
-    crop=config.data.image_size,
-    flip=config.data.flip,
-    standardize=config.data.standardize,
-  )
+  load = data_lib.load_file_split
   if source == "tfds":
     from dmljax.data import tfds_source  # pylint: disable=import-outside-toplevel
 
-    return tfds_source.load(
-      config.data.name,
-      split,
-      data_dir=config.data.data_dir,
-      preprocess=preprocess,
-      check_counts=config.data.check_counts,
-      cropped=config.data.cropped,
-    )
-  return data_lib.load_file_split(
+    load = tfds_source.load
+  return load(
     config.data.name,
     split,
     data_dir=config.data.data_dir,
-    preprocess=preprocess,
+    preprocess=_preprocess(config),
     check_counts=config.data.check_counts,
     cropped=config.data.cropped,
   )
@@ -281,13 +272,7 @@ def _load_folder_split(config, split):
   return data_lib.folder.load_split(
     config.data.data_dir,
     split,
-    preprocess=data_lib.Preprocess(
-      mode=config.data.resize_mode,
-      resize=config.data.resize_size,
-      crop=config.data.image_size,
-      flip=config.data.flip,
-      standardize=config.data.standardize,
-    ),
+    preprocess=_preprocess(config),
     how=config.data.split,
     test_fraction=config.data.test_fraction,
     seed=config.data.split_seed,

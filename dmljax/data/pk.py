@@ -134,6 +134,11 @@ def _check_classes(members: _Members, num_classes: int, batch_size: int):
     )
 
 
+def _shard_rows(size: int, shard_index: int, shard_count: int) -> np.ndarray:
+  """The rows of a batch of `size` that shard `shard_index` holds."""
+  return np.array_split(np.arange(size), shard_count)[shard_index]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class _PKBatch:
   """Maps a step to its P×K batch dict (picklable, for worker processes)."""
@@ -159,8 +164,7 @@ class _PKBatch:
     draws = augment.draw(
       augmenting, ids.size, max_shift=self.max_shift, flip=self.flip
     )
-    rows = np.array_split(np.arange(ids.size), self.shard_count)
-    rows = rows[self.shard_index]
+    rows = _shard_rows(ids.size, self.shard_index, self.shard_count)
     ids = ids[rows]
     images = augment.apply(
       self.images[ids], draws[rows], max_shift=self.max_shift
@@ -196,8 +200,7 @@ class _FilePKBatch:
     )
     preprocess = self.split.preprocess
     crops = images_lib.draw_crops(augmenting, ids.size, preprocess)
-    rows = np.array_split(np.arange(ids.size), self.shard_count)
-    rows = rows[self.shard_index]
+    rows = _shard_rows(ids.size, self.shard_index, self.shard_count)
     ids = ids[rows]
     boxes = self.split.boxes
     return {

@@ -25,6 +25,7 @@ import optax
 
 from dmljax import distances as distances_lib
 from dmljax import losses as losses_lib
+from dmljax import optim
 from dmljax import reductions
 from dmljax.dsp import network as network_lib
 from dmljax.dsp import reinforce
@@ -219,7 +220,6 @@ def make_dsp_step(
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = dict(
       state,
       params=params,
@@ -229,11 +229,7 @@ def make_dsp_step(
       dsn_opt=dsn_opt,
       step=state["step"] + 1,
     )
-    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
-    first_bad = (state["nonfinite_step"] < 0) & ~finite
-    new["nonfinite_step"] = jnp.where(
-      first_bad, state["step"] + 1, state["nonfinite_step"]
-    )
+    new = optim.skip_nonfinite(new, state, loss, grads)
     valid = batch.mask
     metrics = {
       "loss": loss,
