@@ -229,86 +229,6 @@ def make_train_step(model, method, tx, *, mesh=None, mining: str = "global"):
   return step
 
 
-def _preprocess(config) -> data_lib.Preprocess:
-  """The image preprocessing of `config.data` (file-backed datasets)."""
-  return data_lib.Preprocess(
-    mode=config.data.resize_mode,
-    resize=config.data.resize_size,
-    crop=config.data.image_size,
-    flip=config.data.flip,
-    standardize=config.data.standardize,
-  )
-
-
-def _load_file_split(config, split):
-  """A benchmark split from `config.data.data_dir`.
-
-  data_source "files": the official archive (dmljax.data.readers); "tfds":
-  a prepared tfds dataset (dmljax.data.tfds_source, the optional extra).
-  """
-  source = config.data.data_source
-  if source not in ("files", "tfds"):
-    raise ValueError(
-      f"Unknown data_source {source!r}: 'files' (the official archive "
-      "under --data_dir) or 'tfds' (a prepared tfds dataset)."
-    )
-  load = data_lib.load_file_split
-  if source == "tfds":
-    from dmljax.data import tfds_source  # pylint: disable=import-outside-toplevel
-
-    load = tfds_source.load
-  return load(
-    config.data.name,
-    split,
-    data_dir=config.data.data_dir,
-    preprocess=_preprocess(config),
-    check_counts=config.data.check_counts,
-    cropped=config.data.cropped,
-  )
-
-
-def _load_folder_split(config, split):
-  """A split of the user's folder or CSV (dmljax.data.folder)."""
-  return data_lib.folder.load_split(
-    config.data.data_dir,
-    split,
-    preprocess=_preprocess(config),
-    how=config.data.split,
-    test_fraction=config.data.test_fraction,
-    seed=config.data.split_seed,
-    test_classes=tuple(filter(None, config.data.test_classes.split(","))),
-  )
-
-
-def _load_splits(config):
-  if config.data.name == "folder":  # The user's own images.
-    train = _load_folder_split(config, "train")
-    test = _load_folder_split(config, "test")
-    if config.eval.max_classes:
-      test = test.first_classes(config.eval.max_classes)
-    return train, test
-  if config.data.name in data_lib.READERS:  # Image files on disk.
-    train = _load_file_split(config, "train")
-    test = _load_file_split(config, "test")
-    if config.eval.max_classes:
-      test = test.first_classes(config.eval.max_classes)
-    return train, test
-  kwargs = dict(image_size=config.data.image_size)
-  if config.data.cache_dir:
-    kwargs["cache_dir"] = config.data.cache_dir
-  train = data_lib.load_split(config.data.name, "train", **kwargs)
-  test = data_lib.load_split(config.data.name, "test", **kwargs)
-  if config.eval.max_classes:  # A quick evaluation on the first classes.
-    keep = test.labels < config.eval.max_classes
-    test = data_lib.Split(
-      images=test.images[keep],
-      labels=test.labels[keep],
-      class_names=test.class_names[: config.eval.max_classes],
-      name=test.name,
-    )
-  return train, test
-
-
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, float]:
@@ -328,7 +248,7 @@ def train_and_evaluate(
     os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.max_to_keep
   )
   primary = jax.process_index() == 0
-  train_split, test_split = _load_splits(config)
+  train_split, test_split = data_lib.load_splits(config)
   batch_size = config.data.batch_size
   images_per_class = config.data.images_per_class
   mining = config.parallel.mining

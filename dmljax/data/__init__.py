@@ -14,6 +14,7 @@ from dmljax.data.embedded import DATASETS
 from dmljax.data.embedded import default_cache_dir
 from dmljax.data.embedded import load_split
 from dmljax.data.files import FileSplit
+from dmljax.data.from_config import load_splits
 from dmljax.data.glyphs import render_glyphs
 from dmljax.data.images import Preprocess
 from dmljax.data.pk import eval_batches

@@ -74,6 +74,16 @@ class Split:
   def __len__(self) -> int:
     return self.images.shape[0]
 
+  def first_classes(self, num_classes: int) -> "Split":
+    """The images of the first `num_classes` classes (a quick evaluation)."""
+    keep = self.labels < num_classes
+    return Split(
+      images=self.images[keep],
+      labels=self.labels[keep],
+      class_names=self.class_names[:num_classes],
+      name=self.name,
+    )
+
 
 def split_by_class(
   images: np.ndarray,
