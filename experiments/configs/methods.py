@@ -40,6 +40,10 @@ METHODS = {
   "triplet_random": ("random", "triplet_l2", {}),
   "triplet_semihard": ("semihard", "triplet_l2", {}),
   "npair": ("random", "npair", {}),
+  # Semi-hard negatives for the margin loss by FaceNet's rule (D_an > D_ap)
+  # instead of the paper's fixed lower bound 0.5, which never picks a
+  # negative closer than 0.5 once the learnt β has shrunk the clusters.
+  "margin_semihard_facenet": ("semihard", "margin", {}),
 }
 # The sampler × loss grid of Wu et al. (Table 1): the ablation's default.
 WU_GRID = tuple(list(METHODS)[: list(METHODS).index("contrastive_dw") + 1])
