@@ -277,7 +277,7 @@ def train_and_evaluate(
     num_images=len(train_split),
   )
   if dsp:
-    state, step_fn = dsp_training.setup(
+    state, step_fn, pretrain_step = dsp_training.setup(
       config, model, tx, state, train_split.image_shape
     )
   else:
@@ -305,6 +305,12 @@ def train_and_evaluate(
     batches.set_state(data_state)
     start = int(parallel.to_host(state["step"]))
   log = reporting.MetricsLog(workdir, resume_step=start, enabled=primary)
+  if dsp:
+    state, pretrained = dsp_training.pretrain_sampler(
+      config, state, pretrain_step, train_split, enabled=primary
+    )
+    if pretrained is not None:
+      log.write(0, "dsn_pretrain", pretrained)
   embed_fn = evaluation.make_embed_fn(model)
   num_steps = config.train.num_steps
 

@@ -2,6 +2,7 @@
 
 import itertools
 
+import chex
 import hypothesis
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,8 @@ from dmljax.dsp import network as network_lib
 from dmljax.dsp import policy
 from dmljax.dsp import reinforce
 from dmljax.dsp import selection
+from dmljax.dsp import training
+from experiments.configs import methods
 
 # A toy policy: softmax over 3 arms with logits θ, fixed reward per arm.
 THETA = np.array([0.3, -0.5, 0.1])
@@ -246,10 +249,12 @@ def test_policy_learns_to_pick_the_high_loss_candidates():
   assert np.all(p[:, 2::2] > 0)  # Easy candidates keep some probability.
 
 
-@pytest.mark.parametrize("kind", ["triplet", "npair"])
-def test_algorithm_step_runs_under_jit_and_training_lowers_the_loss(kind):
+_POOL = (5, 8)  # P classes × M images per digits pool.
+
+
+def _digits_dsp(kind):
+  """(digits train split, initial state, Algorithm-1 step, pre-train step)."""
   split = data_lib.load_split("digits", "train")
-  pool_classes, per_class = 5, 8
   model = models.make_embedder(
     "small", embedding_dim=16, widths=(8, 16), features=32
   )
@@ -269,36 +274,85 @@ def test_algorithm_step_runs_under_jit_and_training_lowers_the_loss(kind):
   state = algorithm.add_sampler_state(
     state, network, dsn_tx, jax.random.key(3), (8, 8, 1)
   )
-  step = algorithm.make_dsp_step(
-    model,
-    network,
-    tx,
-    dsn_tx,
+  options = dict(
     kind=kind,
-    pool_classes=pool_classes,
-    pool_images_per_class=per_class,
+    pool_classes=_POOL[0],
+    pool_images_per_class=_POOL[1],
     num_minibatches=2,
     tuples_per_minibatch=4,
     reduction="mean",
   )
-  pools = data_lib.pk_batches(
-    split,
-    batch_size=pool_classes * per_class,
-    images_per_class=per_class,
-    num_steps=60,
+  step = algorithm.make_dsp_step(model, network, tx, dsn_tx, **options)
+  pretrain = algorithm.make_dsp_step(
+    model, network, tx, dsn_tx, update_embedding=False, **options
   )
+  return split, state, step, pretrain
+
+
+def _pools(split, num_steps):
+  return data_lib.pk_batches(
+    split,
+    batch_size=_POOL[0] * _POOL[1],
+    images_per_class=_POOL[1],
+    num_steps=num_steps,
+  )
+
+
+def _max_change(before, after):
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), before, after)
+  return max(jax.tree.leaves(moved))
+
+
+@pytest.mark.parametrize("kind", ["triplet", "npair"])
+def test_algorithm_step_runs_under_jit_and_training_lowers_the_loss(kind):
+  split, state, step, _ = _digits_dsp(kind)
   losses = []
   dsn_before = state["dsn"]
-  for pool in pools:
+  for pool in _pools(split, 60):
     state, metrics = step(state, pool)
     losses.append(float(metrics["loss"]))
     assert float(metrics["fraction_valid"]) == 1.0
   assert int(state["step"]) == 60 and int(state["nonfinite_step"]) == -1
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
-  moved = jax.tree.map(
-    lambda a, b: float(jnp.abs(a - b).max()), state["dsn"], dsn_before
-  )
-  assert max(jax.tree.leaves(moved)) > 0  # The sampler was trained too.
+  assert _max_change(dsn_before, state["dsn"]) > 0  # The sampler learned.
+
+
+@pytest.mark.parametrize("kind", ["triplet", "npair"])
+def test_pretraining_moves_the_sampler_only(kind):
+  split, state, _, pretrain = _digits_dsp(kind)
+  trained = state
+  for pool in _pools(split, 5):
+    trained, metrics = pretrain(trained, pool)
+    assert np.isfinite(float(metrics["dsn_loss"]))
+  assert int(trained["dsn_pretrain_step"]) == 5
+  assert _max_change(state["dsn"], trained["dsn"]) > 0
+  assert _max_change(state["dsn_opt"], trained["dsn_opt"]) > 0
+  for frozen in ("params", "batch_stats", "opt", "step", "rng"):
+    chex.assert_trees_all_equal(trained[frozen], state[frozen])
+
+
+def test_pretrain_sampler_runs_the_missing_steps_once():
+  config = methods.get_config("method=dsp_triplet,dataset=digits")
+  config.dsp.pool_classes, config.dsp.pool_images_per_class = _POOL
+  split, state, _, pretrain = _digits_dsp("triplet")
+
+  def run(state, num_steps):
+    config.dsp.pretrain_steps = num_steps
+    return training.pretrain_sampler(
+      config, state, pretrain, split, enabled=False
+    )
+
+  full, metrics = run(state, 4)
+  assert int(full["dsn_pretrain_step"]) == 4
+  assert set(metrics) == {"dsn_loss", "mean_score"}
+  half, _ = run(state, 2)
+  resumed, _ = run(half, 4)  # Steps 3 and 4: the same pools and keys.
+  chex.assert_trees_all_close(resumed["dsn"], full["dsn"], rtol=1e-6)
+  assert run(full, 4) == (full, None)  # Nothing missing.
+  started = dict(state, step=jnp.ones((), jnp.int32))
+  assert run(started, 4) == (started, None)  # Past step 0: never again.
+  with pytest.raises(ValueError, match="pretrain_steps must be non-negative"):
+    run(state, -1)
 
 
 @pytest.mark.slow
@@ -309,10 +363,10 @@ def test_dsp_configs_train_and_resume_to_the_same_metrics(name, tmp_path):
   import shutil  # noqa: PLC0415
 
   from dmljax import train  # noqa: PLC0415
-  from experiments.configs import methods  # noqa: PLC0415
 
   config = methods.get_config(f"method={name},dataset=digits,smoke")
   config.ckpt.max_to_keep = 3
+  config.dsp.pretrain_steps = 3
   workdir = str(tmp_path / name)
   final = train.train_and_evaluate(config, workdir)
   # Forget the last checkpoint: the rerun resumes at step 2 (sampler and
@@ -322,6 +376,9 @@ def test_dsp_configs_train_and_resume_to_the_same_metrics(name, tmp_path):
   assert resumed == pytest.approx(final, abs=1e-5)
   with open(os.path.join(workdir, "summary.json")) as f:
     assert json.load(f)["config"]["sampler"]["name"] == "dsp"
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    kinds = [json.loads(line)["kind"] for line in f]
+  assert kinds.count("dsn_pretrain") == 1  # Once, before step 1.
 
 
 @pytest.mark.slow

@@ -13,8 +13,15 @@ One step, given a pool (a P×K batch with K = M from `dmljax.data`):
   update θ on the K·m tuples of the batch with the embedding loss.
 
 The state is the train state of `dmljax.train` plus "dsn" (the sampler's
-parameters) and "dsn_opt" (its Optax state). A step whose embedding loss or
+parameters), "dsn_opt" (its Optax state) and "dsn_pretrain_step" (how many
+pre-training steps the sampler has had). A step whose embedding loss or
 gradients are not finite leaves the whole state unchanged, as there.
+
+Algorithm 1 pre-trains the sampler before the loop; the paper does not say
+how. Here pre-training is the loop with its last line skipped
+(`update_embedding=False`): the K policy updates per pool against the
+initial, frozen embedding network, so the sampler starts out knowing which
+candidates that network finds hard.
 """
 
 from typing import Any
@@ -33,6 +40,9 @@ from dmljax.dsp import selection
 from dmljax.samplers.triplets import Triplets
 
 KINDS = ("triplet", "npair")
+# Pre-training keys: fold_in(fold_in(rng, _PRETRAIN_STREAM), i), apart from
+# the training steps' fold_in(rng, step).
+_PRETRAIN_STREAM = 2**31 - 1
 
 
 def tuple_terms(
@@ -90,8 +100,9 @@ def make_dsp_step(
   baseline: str = "mean",
   entropy_weight: float = 0.0,
   reduction: str = "nonzero",
+  update_embedding: bool = True,
 ):
-  """step(state, pool) → (state, metrics), jitted with the state donated.
+  """step(state, pool) → (state, metrics), jitted.
 
   Args:
     model: the embedding network (a `dmljax.models.Embedder`).
@@ -109,6 +120,9 @@ def make_dsp_step(
       sampler's loss (not in the paper: 0 by default); it keeps the policy
       from collapsing onto single candidates.
     reduction: "nonzero" or "mean" over the batch's terms (θ update).
+    update_embedding: False gives the sampler's pre-training step: the K
+      policy updates only; θ, its optimiser, the batch statistics and
+      state["step"] stay, and state["dsn_pretrain_step"] advances.
 
   Returns:
     The step. pool: {"image": [P·M, H, W, C], "label": [P·M], "index":
@@ -189,6 +203,25 @@ def make_dsp_step(
     return jax.lax.scan(minibatch, carry, keys)
 
   @jax.jit
+  def pretrain_step(state, pool):
+    rng = jax.random.wrap_key_data(state["rng"])
+    key = jax.random.fold_in(
+      jax.random.fold_in(rng, _PRETRAIN_STREAM), state["dsn_pretrain_step"]
+    )
+    ids = jnp.asarray(pool["index"]).reshape(shape)
+    (dsn, dsn_opt), (_, dsn_losses, scores) = sampler_updates(
+      state, pool["image"], ids, key
+    )
+    new = dict(
+      state,
+      dsn=dsn,
+      dsn_opt=dsn_opt,
+      dsn_pretrain_step=state["dsn_pretrain_step"] + 1,
+    )
+    metrics = {"dsn_loss": jnp.mean(dsn_losses), "mean_score": jnp.mean(scores)}
+    return new, metrics
+
+  @jax.jit
   def step(state, pool):
     key = jax.random.fold_in(
       jax.random.wrap_key_data(state["rng"]), state["step"]
@@ -242,7 +275,7 @@ def make_dsp_step(
     }
     return new, metrics
 
-  return step
+  return step if update_embedding else pretrain_step
 
 
 def add_sampler_state(
@@ -254,4 +287,9 @@ def add_sampler_state(
 ) -> dict[str, Any]:
   """The train state with the DSN's parameters and optimiser state added."""
   dsn = network_lib.init_sampler(network, key, image_shape)
-  return dict(state, dsn=dsn, dsn_opt=dsn_tx.init(dsn))
+  return dict(
+    state,
+    dsn=dsn,
+    dsn_opt=dsn_tx.init(dsn),
+    dsn_pretrain_step=jnp.zeros((), jnp.int32),
+  )

@@ -244,6 +244,7 @@ def base_config(
     learning_rate=1e-3,
     features=64,
     downsample=2,
+    pretrain_steps=0,  # Policy-only steps before step 1 (Algorithm 1).
   )
   c.parallel = dict(
     num_devices=0,  # 0: all devices the batch splits over (dmljax.parallel).
