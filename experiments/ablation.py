@@ -4,6 +4,10 @@
   python -m experiments.ablation --dataset=digits \
     --methods=margin_dw,contrastive_random
 
+`--set=dotted.key=value` (repeatable) changes every run's config, e.g.
+`--set=dsp.num_minibatches=4 --set=dsp.tuples_per_minibatch=30`; values
+are read as Python literals (`None`, `0.5`, `(1, 2)`), else as strings.
+
 Each (method, seed) is an ordinary training run in
 `<workdir>/<method>/seed<N>` (so an interrupted ablation resumes where it
 stopped); the table of held-out Recall@k / NMI / F1 (mean ± std over seeds)
@@ -18,6 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments.configs import common
 from experiments.configs import methods
 
 _DATASET = flags.DEFINE_enum("dataset", "glyphs", ["glyphs", "digits"], "Data.")
@@ -31,6 +36,9 @@ _METHODS = flags.DEFINE_list(
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "Override steps (0: keep).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Seconds-long runs (CI).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Default runs/ablation/<data>.")
+_SET = flags.DEFINE_multi_string(
+  "set", [], "dotted.key=value applied to every run's config (repeatable)."
+)
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1")
 
 
@@ -65,6 +73,7 @@ def main(argv):
       config = methods.get_config(arg + (",smoke" if _SMOKE.value else ""))
       if _NUM_STEPS.value:
         config.train.num_steps = _NUM_STEPS.value
+      common.apply_overrides(config, _SET.value)
       print(f"\n== {method}, seed {seed} ==", flush=True)
       final = train.train_and_evaluate(
         config, os.path.join(workdir, method, f"seed{seed}")
@@ -73,7 +82,13 @@ def main(argv):
   table = markdown_table(results)
   with open(os.path.join(workdir, "ablation.md"), "w") as f:
     f.write(f"Held-out metrics on {_DATASET.value}, ")
-    f.write(f"mean ± std over {_SEEDS.value} seeds (%).\n\n{table}\n")
+    f.write(f"mean ± std over {_SEEDS.value} seeds (%)")
+    changes = (
+      [f"train.num_steps={_NUM_STEPS.value}"] if _NUM_STEPS.value else []
+    )
+    changes += _SET.value
+    f.write(f"; config changes: {', '.join(changes)}" if changes else "")
+    f.write(f".\n\n{table}\n")
   with open(os.path.join(workdir, "ablation.json"), "w") as f:
     json.dump(results, f, indent=2)
   print("\n" + table)

@@ -80,3 +80,37 @@ def test_cli_rewrites_config_names(argv, expected):
 def test_cli_passes_explicit_paths_through():
   out = _cli._rewrite_config_arg(["prog", "--config=/x/my.py:a"], "digits")
   assert out == ["prog", "--config=/x/my.py:a"]
+
+
+def test_ablation_overrides_set_typed_values():
+  config = methods.get_config("method=dsp_triplet,dataset=digits")
+  common.apply_overrides(
+    config,
+    [
+      "dsp.num_minibatches=4",
+      "sampler.lower_bound=None",
+      "sampler.lower_bound=0.3",
+      "beta.trainable=('beta0',)",
+      "dsp.baseline=leave_one_out",
+    ],
+  )
+  assert config.dsp.num_minibatches == 4
+  assert config.sampler.lower_bound == 0.3
+  assert config.beta.trainable == ("beta0",)
+  assert config.dsp.baseline == "leave_one_out"
+
+
+@pytest.mark.parametrize(
+  "item,error,match",
+  [
+    ("dsp.num_minibatches", ValueError, "is dotted.key=value"),
+    ("dsp.minibatches=4", ValueError, "Unknown config key 'dsp.minibatches'"),
+    ("seed.x=1", ValueError, "Unknown config key 'seed.x'"),
+    ("train.num_steps=many", TypeError, "num_steps"),
+  ],
+  ids=["no-value", "unknown-field", "not-a-section", "wrong-type"],
+)
+def test_ablation_overrides_reject_bad_items(item, error, match):
+  config = methods.get_config("method=margin_dw,dataset=digits")
+  with pytest.raises(error, match=match):
+    common.apply_overrides(config, [item])

@@ -60,9 +60,13 @@ def test_ablation_smoke(tmp_path):
     "--seeds=2",
     "--methods=margin_dw,contrastive_random",
     "--smoke",
+    "--set=eval.kmeans_iters=7",
     f"--workdir={tmp_path}",
   )
   table = (tmp_path / "ablation.md").read_text()
   assert "| margin_dw |" in table and "| contrastive_random |" in table
+  assert "config changes: eval.kmeans_iters=7" in table
+  summary = tmp_path / "margin_dw" / "seed1" / "summary.json"
+  assert json.loads(summary.read_text())["config"]["eval"]["kmeans_iters"] == 7
   results = json.loads((tmp_path / "ablation.json").read_text())
   assert {len(runs) for runs in results.values()} == {2}

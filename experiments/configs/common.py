@@ -7,6 +7,8 @@ supplies sampler and loss. Dotted overrides on the command line
 (`--config.loss.margin=0.1`) are applied after both, so they always win.
 """
 
+import ast
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -275,3 +277,33 @@ def base_config(
       c.eval.ks = d["ks"][:2]
       c.eval.batch_size = 16
   return c
+
+
+def apply_overrides(config, overrides: list[str]) -> None:
+  """Sets each "dotted.key=value" in `config` (a ConfigDict), in place.
+
+  Values are Python literals where they parse (`4`, `0.5`, `None`,
+  `("a",)`), strings otherwise; the ConfigDict checks their types.
+
+  Raises:
+    ValueError: an item without "=", or a key the config does not have.
+  """
+  for item in overrides:
+    name, sep, text = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"An override is dotted.key=value, got {item!r}.")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *sections, field = name.split(".")
+    node = config
+    for section in sections:
+      if isinstance(node, ml_collections.ConfigDict):
+        node = node.get(section)
+    if not isinstance(node, ml_collections.ConfigDict) or field not in node:
+      raise ValueError(
+        f"Unknown config key {name!r}; the sections are "
+        f"{sorted(config.keys())} (see experiments/configs/common.py)."
+      )
+    node[field] = value
