@@ -152,17 +152,21 @@ def margin_loss(
   )
 
 
-def npair_loss(similarities: jax.Array) -> jax.Array:
+def npair_loss(similarities: jax.Array, *, scale: float = 1.0) -> jax.Array:
   """Multi-class N-pair loss terms (Sohn 2016; DE-DSP eq. 9).
 
   ℓ_i = log(1 + Σ_{j≠i} exp(s_ij − s_ii)) = logsumexp_j(s_ij) − s_ii,
-  with s_ij = f(x_i)ᵀ f(x_j⁺): probe i against gallery j, one class per row.
-  The second form is the softmax cross-entropy of row i with label i, which
-  is how it is computed (stable for any similarity scale).
+  with s_ij = scale · f(x_i)ᵀ f(x_j⁺): probe i against gallery j, one class
+  per row. The second form is the softmax cross-entropy of row i with label
+  i, which is how it is computed (stable for any similarity scale).
 
   Args:
     similarities: [N, N] probe × gallery inner products; the diagonal holds
       the positive pairs.
+    scale: multiplies the similarities (an inverse temperature). 1 is eq. 9
+      as written, for unnormalised features; on unit-norm embeddings the
+      logits are cosines in [−1, 1], and a scale of ~10–30 restores the
+      range that unnormalised N-pair features grow into.
 
   Returns:
     [N] terms; the N-pair loss is their mean.
@@ -174,6 +178,7 @@ def npair_loss(similarities: jax.Array) -> jax.Array:
     raise ValueError(
       f"similarities must be [N, N] probes × gallery, got {similarities.shape}."
     )
+  similarities = scale * similarities
   positive = jnp.diagonal(similarities)
   return jax.nn.logsumexp(similarities, axis=1) - positive
 

@@ -65,14 +65,14 @@ def _tuple_loss(loss, margin, nu, distances, triplets, labels, beta, image_ids):
   return (terms if isinstance(terms, tuple) else (terms,)), extra, None
 
 
-def _npair(key, embeddings, labels, images_per_class):
+def _npair(key, embeddings, labels, images_per_class, scale):
   """N-pair loss with one random (probe, gallery) pair per class."""
   groups = labels_lib.class_groups(labels, images_per_class=images_per_class)
   order = jnp.argsort(jax.random.uniform(key, groups.shape), axis=1)
   chosen = jnp.take_along_axis(groups, order[:, :2], axis=1)
   probes, gallery = embeddings[chosen[:, 0]], embeddings[chosen[:, 1]]
   similarities = probes @ gallery.T
-  terms = losses_lib.npair_loss(similarities)
+  terms = losses_lib.npair_loss(similarities, scale=scale)
   distances = distances_lib.pairwise_distances(probes, gallery)
   num = similarities.shape[0]
   off_diagonal = ~jnp.eye(num, dtype=bool)
@@ -97,6 +97,7 @@ def make_method(
   nu: float = 0.0,
   reduction: str = "nonzero",
   sampler_kwargs: Mapping[str, Any] | None = None,
+  npair_scale: float = 1.0,
 ) -> Method:
   """Builds method(key, embeddings, labels, beta=None, image_ids=None).
 
@@ -118,6 +119,7 @@ def make_method(
       sampling defaults to method="inverse_cdf" here: the same distribution
       as the reference "categorical" path (a goodness-of-fit test checks
       it), 5–40× cheaper on CPU.
+    npair_scale: `losses.npair_loss`'s scale (N-pair only).
 
   Returns:
     A pure function (key, embeddings [B, D], labels [B], beta, image_ids [B])
@@ -150,7 +152,7 @@ def make_method(
         f"{labels.shape[0]}, got {embeddings.shape}."
       )
     if loss == NPAIR:
-      return _npair(key, embeddings, labels, images_per_class)
+      return _npair(key, embeddings, labels, images_per_class, npair_scale)
     distances = distances_lib.pairwise_distances(embeddings)
     kwargs = dict(sampler_kwargs)
     if sampler == "distance_weighted":

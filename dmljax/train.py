@@ -95,6 +95,7 @@ def make_method(config: ml_collections.ConfigDict) -> methods_lib.Method:
     nu=config.loss.nu,
     reduction=config.loss.reduction,
     sampler_kwargs=options,
+    npair_scale=config.loss.npair_scale,
   )
 
 

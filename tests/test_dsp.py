@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 from hypothesis import strategies as st
 
 from dmljax import data as data_lib
@@ -412,3 +413,33 @@ def test_bench_dsp_times_the_three_ways(tmp_path):
     seconds = json.load(f)["seconds"]
   assert set(seconds) == {"exhaustive", "dsn", "dsn_cached_summaries"}
   assert all(value > 0 for value in seconds.values())
+
+
+@pytest.mark.parametrize("scale", [1.0, 16.0])
+def test_npair_tuple_terms_are_eq9_of_the_chosen_pairs(scale):
+  model = models.make_embedder("small", embedding_dim=8, widths=(4, 8))
+  variables = models.init_embedder(model, jax.random.key(0), (2, 8, 8, 1))
+  images = jax.random.uniform(jax.random.key(1), (12, 8, 8, 1))
+  probes, gallery = jnp.array([0, 4, 8]), jnp.array([1, 5, 9])
+  pairs = selection.PoolPairs(
+    probes, gallery, jnp.zeros(3), jnp.zeros(3), jnp.array([True, True, False])
+  )
+  terms, _ = algorithm.tuple_terms(
+    model,
+    variables,
+    images,
+    pairs,
+    margin=0.2,
+    squared=False,
+    npair_scale=scale,
+  )
+  embeddings, _ = model.apply(
+    variables,
+    images[jnp.concatenate([probes, gallery])],
+    train=True,
+    mutable=["batch_stats"],
+  )
+  e = np.asarray(embeddings, np.float64)
+  expected = reference.npair_terms(scale * e[:3] @ e[3:].T)
+  np.testing.assert_allclose(terms[:2], expected[:2], rtol=1e-4)
+  assert float(terms[2]) == 0.0  # A masked pair adds nothing.

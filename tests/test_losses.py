@@ -1,5 +1,7 @@
 """dmljax.losses against float64 loops (Wu et al. Sec. 3-4; DE-DSP eq. 9)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -292,6 +294,15 @@ def test_npair_loss_matches_eq9(kernel, jit, n):
   assert got.shape == (n,)
   np.testing.assert_allclose(
     got, reference.npair_terms(s), rtol=1e-5, atol=1e-6
+  )
+
+
+@pytest.mark.parametrize("scale", [0.5, 16.0])
+def test_npair_loss_scale_multiplies_the_similarities(kernel, jit, scale):
+  s = _similarities(4)
+  got = kernel(functools.partial(losses.npair_loss, scale=scale), jit=jit)(s)
+  np.testing.assert_allclose(
+    got, reference.npair_terms(scale * s.astype(np.float64)), rtol=1e-5
   )
 
 

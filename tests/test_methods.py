@@ -252,7 +252,7 @@ def test_semihard_with_sampler_kwargs_equals_reference_composition(loss):
 # ----------------------------------------------------------------------------
 
 
-def _npair_choices(x, labels):
+def _npair_choices(x, labels, scale=1.0):
   """eq. 9 mean over classes, for every (probe, gallery) choice per class."""
   classes = sorted(set(labels.tolist()))
   per_class = [
@@ -269,7 +269,7 @@ def _npair_choices(x, labels):
   for combo in itertools.product(*per_class):
     probes = x[[i for i, _ in combo]]
     gallery = x[[j for _, j in combo]]
-    values.append(reference.npair_terms(probes @ gallery.T).mean())
+    values.append(reference.npair_terms(scale * probes @ gallery.T).mean())
   return np.array(values)
 
 
@@ -293,6 +293,14 @@ def test_npair_method_value_is_eq9_for_some_probe_gallery_choice():
     assert gap.min() < 1e-5, (float(value), choices.min(), choices.max())
     seen.add(int(np.argmin(gap)))
   assert len(seen) > 1  # the choice is random, not fixed
+
+
+def test_npair_scale_multiplies_the_similarities():
+  x, labels = _batch(7, dim=4, num_classes=3)
+  choices = _npair_choices(x, labels, scale=16.0)
+  method = methods.make_method(loss="npair", images_per_class=K, npair_scale=16)
+  value, _ = method(jax.random.key(0), x, labels)
+  assert np.abs(choices - float(value)).min() < 1e-4 * max(1.0, float(value))
 
 
 def test_npair_method_deterministic_when_classes_collapse():

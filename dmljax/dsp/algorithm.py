@@ -53,6 +53,7 @@ def tuple_terms(
   *,
   margin: float,
   squared: bool,
+  npair_scale: float = 1.0,
 ) -> tuple[jax.Array, Any]:
   """Embedding-loss terms of pool tuples, and the new batch statistics.
 
@@ -80,7 +81,7 @@ def tuple_terms(
     )
     return terms, stats
   similarities = embeddings[:count] @ embeddings[count:].T
-  terms = losses_lib.npair_loss(similarities)
+  terms = losses_lib.npair_loss(similarities, scale=npair_scale)
   return jnp.where(tuples.mask, terms, 0.0), stats
 
 
@@ -97,6 +98,7 @@ def make_dsp_step(
   tuples_per_minibatch: int = 30,
   margin: float = 0.2,
   squared: bool = False,
+  npair_scale: float = 1.0,
   baseline: str = "mean",
   entropy_weight: float = 0.0,
   reduction: str = "nonzero",
@@ -115,6 +117,7 @@ def make_dsp_step(
     tuples_per_minibatch: m (triplets); N-pair mini-batches hold P pairs.
     margin: α of the triplet loss.
     squared: ℓ2² (True) or ℓ2 triplet loss.
+    npair_scale: `losses.npair_loss`'s scale (N-pair).
     baseline: REINFORCE baseline (`reinforce.BASELINES`).
     entropy_weight: λ of an optional entropy bonus −λ·mean H(p) in the
       sampler's loss (not in the paper: 0 by default); it keeps the policy
@@ -183,6 +186,7 @@ def make_dsp_step(
           fixed,
           margin=margin,
           squared=squared,
+          npair_scale=npair_scale,
         )
         scores = jax.lax.stop_gradient(scores)
         centred = reinforce.advantages(scores, fixed.mask, baseline)
@@ -241,6 +245,7 @@ def make_dsp_step(
         batch,
         margin=margin,
         squared=squared,
+        npair_scale=npair_scale,
       )
       if reduction == "nonzero":
         loss = reductions.nonzero_mean(terms, mask=batch.mask)

@@ -77,6 +77,7 @@ def setup(
     tuples_per_minibatch=config.dsp.tuples_per_minibatch,
     margin=config.loss.margin,
     squared=_SQUARED[config.loss.name],
+    npair_scale=config.loss.npair_scale,
     baseline=config.dsp.baseline,
     entropy_weight=config.dsp.entropy_weight,
     reduction=config.loss.reduction,

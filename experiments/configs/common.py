@@ -204,7 +204,13 @@ def base_config(
     lower_bound=config_dict.placeholder(float),  # None: D_ap (FaceNet).
     fallback="farthest",
   )
-  c.loss = dict(name="margin", margin=0.2, nu=0.0, reduction="nonzero")
+  c.loss = dict(
+    name="margin",
+    margin=0.2,
+    nu=0.0,
+    reduction="nonzero",
+    npair_scale=1.0,  # N-pair logits = scale · cosine (1: eq. 9 as written).
+  )
   c.beta = dict(
     beta0=1.2,
     per_class=True,
