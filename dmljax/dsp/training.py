@@ -12,6 +12,7 @@ DE-DSP runs on one device: its step is not data-parallel yet.
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -125,13 +126,12 @@ def pretrain_sampler(
   )
   progress = reporting.progress_bar(done, total, enabled=enabled)
   progress.set_description("sampler pre-training")
-  sums = {}
+  sums = None  # Summed on device: no host sync per step, as in training.
   for index, pool in enumerate(pools):
     if index < done:
       continue
     state, metrics = pretrain_step(state, pool)
-    for name, value in metrics.items():
-      sums[name] = sums.get(name, 0.0) + float(value)
+    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     progress.update(1)
   progress.close()
-  return state, {name: value / (total - done) for name, value in sums.items()}
+  return state, {name: float(v) / (total - done) for name, v in sums.items()}
