@@ -4,9 +4,14 @@ Shape letters: N rows of `x`, M rows of `y`, D embedding dimensions.
 
 One [B, B] distance matrix feeds both the sampler (through `stop_gradient`)
 and the loss, so the kernels here are the only place distances are computed.
-The Euclidean distance has no derivative where two embeddings coincide (the
-diagonal, duplicate images); `pairwise_distances` returns exactly 0 there with
-the zero subgradient instead of the NaN that `jnp.sqrt` would give.
+The Euclidean distance has no derivative where two embeddings coincide.
+The diagonal of a matrix within `x` is exactly 0 with the zero subgradient
+(never the NaN of `jnp.sqrt`'s derivative at 0). Two different rows that hold
+the same embedding (duplicate images) are a float32 Gram computation apart:
+‖x‖² + ‖y‖² − 2x·y rounds to ~1e-7 rather than 0, so their distance comes
+out around 1e-4–1e-3 (up to 9e-4 seen at D = 128), as in PML and the
+authors' MXNet code, which compute it the same way. Where the rounding does
+give a squared distance ≤ `eps`, the distance is 0 with a zero gradient.
 """
 
 import jax
@@ -63,9 +68,10 @@ def pairwise_distances(
 ) -> jax.Array:
   """Euclidean distances D_ij = ‖x_i − y_j‖ (Wu et al., Sec. 3).
 
-  Where the squared distance is at most `eps` (coincident embeddings) the
-  distance is exactly 0 and its gradient is the zero subgradient, so the
-  diagonal and duplicate images never produce NaN gradients.
+  Where the squared distance is at most `eps` the distance is exactly 0 and
+  its gradient is the zero subgradient, so the diagonal never produces NaN
+  gradients. Duplicate rows are not always that close after float32
+  round-off (≈ 1e-4–1e-3 apart; see the module docstring).
 
   Args:
     x: [N, D] embeddings.

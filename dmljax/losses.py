@@ -16,8 +16,11 @@ Where the authors' code and PML differ (see also `reductions`):
   * contrastive: the paper squares both terms, D_ap² and [α − D_an]₊². PML's
     `ContrastiveLoss` uses [D_ap − pos_margin]₊ and [neg_margin − D_an]₊
     (not squared; neg_margin = 1 by default) averaged over non-zero terms.
-    To match PML, use `margin=1.0` and take square roots of the terms, or
-    PML's `LpDistance(power=2)` to match ours.
+    The positive terms of the two differ by a square; the negative terms
+    [α − D]₊² vs [1 − D]₊ are not a power of one another, and PML's
+    `LpDistance(power=2)` does not close the gap (its negative term becomes
+    [1 − D²]₊). There is no setting under which the two are equal; the
+    closest is `margin=1.0`.
   * triplet: PML's `TripletMarginLoss` is the ℓ2 form (`squared=False`) with
     margin 0.05 by default; the paper (after FaceNet) uses α = 0.2.
   * margin: identical terms in all three; the authors' code computes β per

@@ -14,8 +14,11 @@ Losses return unreduced [T] terms; a method applies exactly one of these.
   * `masked_mean` averages over every valid tuple, zeros included: the
     textbook risk estimate, and PML's `MeanReducer`.
 
-PML adds the ν β term already reduced (not divided by the count); pass
-`extra=0` here and add `beta_penalty` outside to match it.
+The ν β penalty: the authors' code and PML's per-class β (`learn_beta=True,
+num_classes=C`) put ν Σ_t β(t) in the numerator, divided by the non-zero
+count: `nonzero_mean(..., extra=beta_penalty(...))`. Only PML's learned
+scalar β (`num_classes=None`) adds ν·β once, undivided: pass `extra=0` and
+add `nu * beta` outside to match it (tests/test_parity_pml.py checks both).
 """
 
 import jax

@@ -126,9 +126,20 @@ def summary_table(final: dict[str, float]) -> str:
   return "\n".join(lines)
 
 
-def finish(workdir: str, config, final: dict[str, float]) -> None:
-  """Writes summary.json and the plots, and prints the summary table."""
+def finish(
+  workdir: str,
+  config,
+  final: dict[str, float],
+  beta: dict[str, float] | None = None,
+) -> None:
+  """Writes summary.json and the plots, and prints the summary table.
+
+  `beta`: the learned β's statistics over classes (margin loss), kept in
+  summary.json under "beta" and printed below the table.
+  """
   summary = {"config": config.to_dict(), "final": final}
+  if beta is not None:
+    summary["beta"] = beta
   temporary = os.path.join(workdir, SUMMARY_FILE + ".tmp")
   with open(temporary, "w") as f:
     json.dump(summary, f, indent=2, default=str)
@@ -136,6 +147,11 @@ def finish(workdir: str, config, final: dict[str, float]) -> None:
   plots = plot_curves(workdir)
   print(f"\nHeld-out classes of {config.data.name}:")
   print(summary_table(final))
+  if beta is not None:
+    print(
+      "Learned β over classes: "
+      + ", ".join(f"{k.removeprefix('beta_')} {v:.3f}" for k, v in beta.items())
+    )
   print(
     f"Metrics, plots ({', '.join(os.path.basename(p) for p in plots)}) "
     f"and checkpoints are in {workdir}"

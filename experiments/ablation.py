@@ -40,13 +40,16 @@ _SET = flags.DEFINE_multi_string(
   "set", [], "dotted.key=value applied to every run's config (repeatable)."
 )
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1")
+BETA = ("beta_min", "beta_median", "beta_max")  # Margin-loss runs only.
 
 
 def markdown_table(results: dict[str, list[dict[str, float]]]) -> str:
   """Rows = methods, columns = mean ± std of each metric over seeds."""
+  with_beta = any(BETA[0] in r for runs in results.values() for r in runs)
+  header = [*METRICS, "learned β: median [min, max]"] if with_beta else METRICS
   lines = [
-    "| method | " + " | ".join(METRICS) + " |",
-    "|---" * (len(METRICS) + 1) + "|",
+    "| method | " + " | ".join(header) + " |",
+    "|---" * (len(header) + 1) + "|",
   ]
   ranked = sorted(
     results, key=lambda m: -np.mean([r["recall@1"] for r in results[m]])
@@ -56,6 +59,10 @@ def markdown_table(results: dict[str, list[dict[str, float]]]) -> str:
     for metric in METRICS:
       values = np.array([r[metric] for r in results[method]])
       cells.append(f"{100 * values.mean():.1f} ± {100 * values.std():.1f}")
+    if with_beta:  # Each statistic averaged over seeds.
+      runs = [r for r in results[method] if BETA[0] in r]
+      low, mid, high = (np.mean([r[k] for r in runs]) for k in BETA)
+      cells.append(f"{mid:.3f} [{low:.3f}, {high:.3f}]" if runs else "")
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -75,9 +82,10 @@ def main(argv):
         config.train.num_steps = _NUM_STEPS.value
       common.apply_overrides(config, _SET.value)
       print(f"\n== {method}, seed {seed} ==", flush=True)
-      final = train.train_and_evaluate(
-        config, os.path.join(workdir, method, f"seed{seed}")
-      )
+      rundir = os.path.join(workdir, method, f"seed{seed}")
+      final = dict(train.train_and_evaluate(config, rundir))
+      with open(os.path.join(rundir, "summary.json")) as f:
+        final.update(json.load(f).get("beta", {}))
       results.setdefault(method, []).append(final)
   table = markdown_table(results)
   with open(os.path.join(workdir, "ablation.md"), "w") as f:

@@ -149,13 +149,16 @@ def test_beta_optimizer_sgd_momentum_two_steps(trainable):
     assert changed == (part in trainable), part
 
 
-def test_beta_optimizer_defaults():
+def test_beta_optimizer_defaults_are_the_authors():
+  """lr 0.1, only the per-class part learns (the authors' code has no
+  separate β⁽⁰⁾); the first momentum step is plain SGD."""
   opt = beta_lib.beta_optimizer()
   params = _beta()
   g = _grads(4)
   u, _ = opt.update(g, opt.init(params), params)
-  for part in params:  # lr 0.1; the first momentum step is plain SGD
-    np.testing.assert_allclose(u[part], -0.1 * g[part], rtol=1e-6)
+  for part in params:
+    want = -0.1 * g[part] if part == "class" else np.zeros_like(g[part])
+    np.testing.assert_allclose(u[part], want, rtol=1e-6)
 
 
 def test_embedding_optimizer_updates_beta_beside_the_network():
@@ -170,3 +173,71 @@ def test_embedding_optimizer_updates_beta_beside_the_network():
   np.testing.assert_allclose(updates["beta"]["class"], -0.1 * np.ones(3))
   assert float(updates["beta"]["beta0"]) == 0.0  # Frozen part.
   assert np.all(np.asarray(updates["embed"]["w"]) < 0)
+
+
+def _first_beta_update(config, x, labels):
+  """The β update of one optimiser step on the margin loss of a known batch
+  (hard negatives: the tuples are deterministic)."""
+  from dmljax import methods  # pylint: disable=import-outside-toplevel
+  from dmljax import train  # pylint: disable=import-outside-toplevel
+
+  method = methods.make_method(
+    sampler="hard", loss="margin", images_per_class=4
+  )
+  params = {
+    "embed": {"x": jnp.asarray(x)},
+    "beta": beta_lib.init_beta(num_classes=1000),
+  }
+
+  def loss_fn(params):
+    return method(
+      jax.random.key(0), params["embed"]["x"], labels, params["beta"]
+    )[0]
+
+  tx = train.make_optimizer(config)
+  grads = jax.grad(loss_fn)(params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  return updates["beta"]
+
+
+def _reference_class_gradient(x, labels):
+  """dL/dβ_c of the non-zero-averaged margin loss, float64 (Wu et al. 4)."""
+  import reference  # pylint: disable=import-outside-toplevel
+
+  d = reference.pairwise_distances(x.astype(np.float64))
+  triplets = reference.hard_triplets(
+    d, labels, num_negatives=1, images_per_class=4
+  )
+  pos, neg = reference.margin_terms(d, triplets, 1.2, margin=0.2)
+  gpos, gneg = reference.margin_beta_gradients(d, triplets, 1.2, margin=0.2)
+  count = reference.active_term_count(pos, neg, mask=triplets.mask)
+  want = np.zeros(1000)
+  np.add.at(want, labels[triplets.anchors], (gpos + gneg) / count)
+  return want
+
+
+@pytest.mark.parametrize("rule", ["authors", "fast"])
+def test_one_beta_step_is_lr_times_gradient_over_batch_size(rule):
+  """The authors' `trainer_beta.step(batch_size)`: Δβ_c = −lr · ∂L/∂β_c / B
+  for the per-class β, β⁽⁰⁾ fixed; the fast rule: −lr · ∂L/∂β_c, and β⁽⁰⁾
+  moves by −lr · Σ_c ∂L/∂β_c."""
+  from experiments.configs import methods as configs  # noqa: PLC0415
+
+  config = configs.get_config("method=margin_dw,dataset=glyphs")
+  if rule == "fast":
+    config = configs.get_config("method=margin_dw_fast_beta,dataset=glyphs")
+  import reference  # pylint: disable=import-outside-toplevel
+
+  x, labels = reference.pk_batch(5, 6, 4, 16, spread=0.6)
+  config.unlock()
+  config.data.batch_size = len(labels)
+  config.data.images_per_class = 4
+  update = _first_beta_update(config, x, labels)
+  gradient = _reference_class_gradient(x, labels)
+  assert np.count_nonzero(gradient) >= 3  # The batch exercises β.
+  divisor = len(labels) if rule == "authors" else 1.0
+  np.testing.assert_allclose(
+    update["class"], -0.1 * gradient / divisor, rtol=1e-4, atol=1e-8
+  )
+  want_beta0 = 0.0 if rule == "authors" else -0.1 * gradient.sum()
+  np.testing.assert_allclose(update["beta0"], want_beta0, rtol=1e-4, atol=1e-8)

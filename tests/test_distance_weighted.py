@@ -216,6 +216,41 @@ def test_dw_fully_masked_anchor(kernel, jit, method):
   assert not np.any(np.isnan(np.asarray(logp)[1:]))
 
 
+@pytest.mark.parametrize("method", ["categorical", "inverse_cdf"])
+def test_dw_uniform_fallback_keeps_the_positive_with_a_negative(kernel, method):
+  """no_usable_negative="uniform": the anchor without usable negatives stays
+  valid, draws only negatives, and uniformly (chi-square); the other rows
+  are drawn exactly as with "mask" (same key, same draws)."""
+  labels = np.repeat(np.arange(4, dtype=np.int32), 3)
+  d = np.full((12, 12), 0.8, np.float32)
+  np.fill_diagonal(d, 0.0)
+  negatives = labels != labels[0]
+  d[0, negatives] = d[negatives, 0] = 1.5  # anchor 0: all beyond 1.4
+  draws = 3000
+  sample = {
+    mode: cases.as_numpy(
+      kernel(
+        samplers.distance_weighted_sampling,
+        dim=5,
+        images_per_class=3,
+        num_negatives=draws,
+        method=method,
+        no_usable_negative=mode,
+      )(jax.random.key(4), d, labels)
+    )
+    for mode in ("mask", "uniform")
+  }
+  a, p, n, m = sample["uniform"]
+  assert np.all(m)
+  first = a == 0
+  assert np.all(labels[n[first]] != labels[0])
+  counts = np.bincount(n[first], minlength=12)[negatives]
+  assert scipy.stats.chisquare(counts).pvalue > 1e-3
+  a_mask, p_mask, n_mask, _ = sample["mask"]
+  np.testing.assert_array_equal(p, p_mask)
+  np.testing.assert_array_equal(n[~first], n_mask[~first])
+
+
 def test_dw_unknown_method_raises(key, pk_batch):
   x, labels = pk_batch
   with pytest.raises(ValueError, match="method|categorical"):

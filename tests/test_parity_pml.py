@@ -86,6 +86,42 @@ def test_margin_loss_with_class_beta_matches_pml(nu):
   )
 
 
+@pytest.mark.parametrize("nu", [0.0, 0.1], ids=["nu0", "nu0.1"])
+def test_margin_loss_with_scalar_learned_beta_matches_pml(nu):
+  """PML's learned scalar β (`num_classes=None`) adds ν·β once, undivided
+  ("already_reduced"); its per-class β divides ν·Σβ by the non-zero count
+  as `nonzero_mean(extra=beta_penalty)` does (the test above)."""
+  x, labels = _batch(2)
+  distances = dmljax.pairwise_distances(jnp.asarray(x))
+  triplets = dmljax.distance_weighted_sampling(
+    jax.random.key(1), distances, jnp.asarray(labels), dim=DIM
+  )
+
+  def ours(embeddings, beta):
+    d = dmljax.pairwise_distances(_unit(embeddings))
+    b = jnp.broadcast_to(beta, triplets.mask.shape)
+    pos, neg = dmljax.margin_loss(d, triplets, b, margin=0.2)
+    return dmljax.nonzero_mean(pos, neg, mask=triplets.mask) + nu * beta
+
+  value, (grad_x, grad_beta) = jax.jit(
+    jax.value_and_grad(ours, argnums=(0, 1))
+  )(jnp.asarray(x), jnp.float32(1.1))
+
+  loss_fn = pml_losses.MarginLoss(margin=0.2, nu=nu, beta=1.1, learn_beta=True)
+  embeddings, torch_labels = _torch_inputs(x, labels)
+  indices = tuple(torch.tensor(v) for v in _valid_tuples(triplets))
+  theirs = loss_fn(embeddings, torch_labels, indices)
+  theirs.backward()
+
+  np.testing.assert_allclose(value, theirs.item(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    grad_x, embeddings.grad.numpy(), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    grad_beta, loss_fn.beta.grad.numpy()[0], rtol=1e-4, atol=1e-6
+  )
+
+
 def test_triplet_l2_matches_pml_triplet_margin_loss():
   x, labels = _batch(1)
   distances = dmljax.pairwise_distances(jnp.asarray(x))

@@ -111,6 +111,7 @@ def _row_log_weights(distances, labels, dim, cutoff, nonzero_loss_cutoff):
 
 
 DISTANCE_WEIGHTED_METHODS = ("categorical", "inverse_cdf")
+NO_USABLE_NEGATIVE = ("mask", "uniform")
 
 
 def distance_weighted_sampling(
@@ -124,12 +125,18 @@ def distance_weighted_sampling(
   cutoff: float = 0.5,
   nonzero_loss_cutoff: float = 1.4,
   method: str = "categorical",
+  no_usable_negative: str = "mask",
 ) -> triplets.Triplets:
   """Distance weighted negatives, Pr(n | a) ∝ min(λ, q(D_an)⁻¹) (Wu et al.).
 
   Each negative is an independent draw from row `a` of
   `distance_weighted_log_probabilities`. An anchor without a usable negative
-  (all farther than `nonzero_loss_cutoff`) keeps its slots with mask False.
+  (all farther than `nonzero_loss_cutoff`) either keeps its slots with mask
+  False ("mask": its positive pairs give no loss term either) or draws its
+  negatives uniformly among its negatives and stays valid ("uniform": the
+  positive pull is kept, as in the authors' code, whose fallback
+  `np.random.choice(n, k - 1)` may also pick a positive or the anchor;
+  here only negatives).
 
   Args:
     key: PRNG key.
@@ -152,6 +159,11 @@ def distance_weighted_sampling(
     raise ValueError(
       f"Unknown method {method!r}; choose one of {DISTANCE_WEIGHTED_METHODS}."
     )
+  if no_usable_negative not in NO_USABLE_NEGATIVE:
+    raise ValueError(
+      f"Unknown no_usable_negative {no_usable_negative!r}; choose one of "
+      f"{NO_USABLE_NEGATIVE}."
+    )
   distances, labels = triplets.check_inputs(
     distances, labels, images_per_class, num_negatives
   )
@@ -161,6 +173,11 @@ def distance_weighted_sampling(
     distances, labels, dim, cutoff, nonzero_loss_cutoff
   )
   batch, k = labels.shape[0], images_per_class
+  if no_usable_negative == "uniform":  # Rows without usable: all negatives.
+    negative = labels_lib.negative_mask(labels)
+    uniform = jnp.where(negative, 0.0, -jnp.inf)
+    shifted = jnp.where(has_usable, shifted, uniform)
+    has_usable = jnp.any(negative, axis=1, keepdims=True)
   if method == "categorical":
     draws = jax.random.categorical(
       key, shifted, shape=(k - 1, num_negatives, batch)
