@@ -9,9 +9,11 @@ The diagonal of a matrix within `x` is exactly 0 with the zero subgradient
 (never the NaN of `jnp.sqrt`'s derivative at 0). Two different rows that hold
 the same embedding (duplicate images) are a float32 Gram computation apart:
 ‖x‖² + ‖y‖² − 2x·y rounds to ~1e-7 rather than 0, so their distance comes
-out around 1e-4–1e-3 (up to 9e-4 seen at D = 128), as in PML and the
-authors' MXNet code, which compute it the same way. Where the rounding does
-give a squared distance ≤ `eps`, the distance is 0 with a zero gradient.
+out around 1e-4–1e-3 (up to 9e-4 seen at D = 128), as in PML's
+`LpDistance` and the authors' sampler (`get_distance`), which compute it the
+same way; the authors' loss recomputes D_ap, D_an from the rows with 1e-8
+under the root (1e-4 for duplicates). Where the rounding does give a
+squared distance ≤ `eps`, the distance is 0 with a zero gradient.
 """
 
 import jax

@@ -22,6 +22,14 @@ def random_sampling(
 ) -> triplets.Triplets:
   """Uniformly random negatives: n ~ Uniform{n : label(n) ≠ label(a)}.
 
+  Every positive pair (a, p) gets R negatives drawn uniformly among the
+  anchor's negatives, so the pairwise losses see positive and negative
+  pairs 1 : R. Wu et al.'s "random sampling" (Sec. 5) is "uniform sampling
+  from all positive and negative pairs" of the batch, where negative pairs
+  outnumber positive ones (B − K) : (K − 1), 29 : 1 at B = 120, K = 5.
+  Here the pairs are balanced instead, as every other sampler's tuples
+  are; the negative pairs are still uniform among negatives.
+
   Args:
     key: PRNG key.
     distances: [B, B] (unused beyond its shape; kept for one signature).
