@@ -8,6 +8,13 @@ positive and a negative term per tuple for the pairwise losses), exactly 0
 where `mask` is False. `dmljax.reductions` then says what is averaged over
 what, in one explicit call.
 
+Instead of the matrix, a loss also takes the tuples' `PairDistances`
+(D_ap, D_an), as `tuple_distances` reads them. Given the embeddings too,
+`tuple_distances` returns the same values, but their gradient flows into the
+2T embedding rows of the pairs, ∂D_ij/∂x_i = (x_i − x_j) / D_ij, instead of
+through the [B, B] matrix: O(T·D) work in the backward pass instead of
+O(B²·D), and the same gradient up to float round-off.
+
 Each ordered positive pair (a, p) carries one negative pair (a, n), so the
 pairwise losses (contrastive, margin) see as many positive as negative pairs
 (Wu et al. Sec. 5).
@@ -28,6 +35,7 @@ Where the authors' code and PML differ (see also `reductions`):
 """
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +43,111 @@ import jax.numpy as jnp
 from dmljax.samplers import Triplets
 
 
+class PairDistances(NamedTuple):
+  """The distances of the T tuples' pairs (a pytree).
+
+  Attributes:
+    positive: [T] D_ap, anchor to positive.
+    negative: [T] D_an, anchor to negative.
+  """
+
+  positive: jax.Array
+  negative: jax.Array
+
+  @property
+  def dtype(self):
+    return self.positive.dtype
+
+
+@jax.custom_vjp
+def _row_gradient_distances(embeddings, values, rows, cols):
+  """`values` (= D[rows, cols]), differentiable in the embedding rows."""
+  del embeddings, rows, cols
+  return values
+
+
+def _row_gradient_forward(embeddings, values, rows, cols):
+  return values, (embeddings, values, rows, cols)
+
+
+def _row_gradient_backward(residuals, cotangent):
+  """∂/∂x_i of Σ g_p D_p over pairs p = (i, j): g_p (x_i − x_j) / D_p.
+
+  A pair at distance 0 (the same row, or coincident rows) gets the zero
+  subgradient, as `distances.pairwise_distances` gives it.
+  """
+  embeddings, values, rows, cols = residuals
+  apart = values > 0
+  scale = jnp.where(apart, cotangent / jnp.where(apart, values, 1.0), 0.0)
+  pulls = scale[:, None] * (embeddings[rows] - embeddings[cols])
+  pulls = pulls.astype(embeddings.dtype)
+  grads = jnp.zeros_like(embeddings).at[rows].add(pulls).at[cols].add(-pulls)
+  return grads, None, None, None
+
+
+_row_gradient_distances.defvjp(_row_gradient_forward, _row_gradient_backward)
+
+
+def tuple_distances(
+  distances: jax.Array,
+  triplets: Triplets,
+  embeddings: jax.Array | None = None,
+) -> PairDistances:
+  """D_ap and D_an of each tuple, read from the [B, B] distance matrix.
+
+  Without `embeddings` the gradient flows through the matrix (the dense
+  path). With them, the values are the same (read from the matrix) but
+  the gradient flows only into the embedding rows of the 2T pairs:
+  ∂D_ij/∂x_i = (x_i − x_j) / D_ij = −∂D_ij/∂x_j, scattered into [B, D], so the
+  backward pass costs O(T·D) instead of the matrix's O(B²·D), and no
+  gradient reaches `distances` (pass it through `stop_gradient` or not:
+  the same). Gradients agree with the dense path up to float round-off
+  (tests/test_gathered_backward.py); the matrix must be the Euclidean
+  distances of `embeddings` (`distances.pairwise_distances`). On a GPU the
+  scatter-add may sum a row's contributions in another order from run to
+  run (last-bit differences) unless XLA_FLAGS has
+  --xla_gpu_deterministic_ops=true.
+
+  Args:
+    distances: [B, B] Euclidean distances.
+    triplets: T sampled tuples.
+    embeddings: [B, D], the rows `distances` was computed from, or None.
+
+  Returns:
+    `PairDistances` of [T] arrays.
+
+  >>> t = Triplets(*(jnp.array([i]) for i in (0, 1, 2)), jnp.array([True]))
+  >>> x = jnp.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+  >>> d = jnp.array([[0.0, 5.0, 1.0], [5.0, 0.0, 4.24], [1.0, 4.24, 0.0]])
+  >>> [float(v[0]) for v in tuple_distances(d, t, x)]
+  [5.0, 1.0]
+  """
+  positive, negative = _pair_distances(distances, triplets)
+  if embeddings is None:
+    return PairDistances(positive, negative)
+  if embeddings.ndim != 2 or embeddings.shape[0] != distances.shape[0]:
+    raise ValueError(
+      f"embeddings must be [B, D] with B = {distances.shape[0]} (the "
+      f"distance matrix's), got {embeddings.shape}."
+    )
+  num = positive.shape[0]
+  values = jax.lax.stop_gradient(jnp.concatenate([positive, negative]))
+  rows = jnp.concatenate([triplets.anchors, triplets.anchors])
+  cols = jnp.concatenate([triplets.positives, triplets.negatives])
+  both = _row_gradient_distances(embeddings, values, rows, cols)
+  return PairDistances(both[:num], both[num:])
+
+
 def _pair_distances(
-  distances: jax.Array, triplets: Triplets
+  distances: jax.Array | PairDistances, triplets: Triplets
 ) -> tuple[jax.Array, jax.Array]:
+  if isinstance(distances, PairDistances):
+    if distances.positive.shape != triplets.anchors.shape:
+      raise ValueError(
+        f"PairDistances must hold [T] = {triplets.anchors.shape} arrays, "
+        f"got {distances.positive.shape}."
+      )
+    return distances.positive, distances.negative
   if distances.ndim != 2 or distances.shape[0] != distances.shape[1]:
     raise ValueError(f"distances must be [B, B], got {distances.shape}.")
   if triplets.anchors.ndim != 1:
@@ -54,14 +164,17 @@ def _masked(terms: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def contrastive_loss(
-  distances: jax.Array, triplets: Triplets, *, margin: float = 0.2
+  distances: jax.Array | PairDistances,
+  triplets: Triplets,
+  *,
+  margin: float = 0.2,
 ) -> tuple[jax.Array, jax.Array]:
   """Contrastive loss terms (Hadsell et al.; Wu et al. Sec. 3).
 
   ℓ(i, j) = y_ij D_ij² + (1 − y_ij) [α − D_ij]₊²
 
   Args:
-    distances: [B, B] Euclidean distances.
+    distances: [B, B] Euclidean distances, or the tuples' `PairDistances`.
     triplets: T sampled tuples; each gives one positive and one negative pair.
     margin: α.
 
@@ -81,7 +194,7 @@ def contrastive_loss(
 
 
 def triplet_loss(
-  distances: jax.Array,
+  distances: jax.Array | PairDistances,
   triplets: Triplets,
   *,
   margin: float = 0.2,
@@ -93,7 +206,7 @@ def triplet_loss(
   not squared:  ℓ(a, p, n) = [D_ap − D_an + α]₊  (gradients of unit length)
 
   Args:
-    distances: [B, B] Euclidean distances.
+    distances: [B, B] Euclidean distances, or the tuples' `PairDistances`.
     triplets: T sampled tuples.
     margin: α.
     squared: use squared distances (ℓ2²) or plain distances (ℓ2).
@@ -113,7 +226,7 @@ def triplet_loss(
 
 
 def margin_loss(
-  distances: jax.Array,
+  distances: jax.Array | PairDistances,
   triplets: Triplets,
   beta: jax.Array | float,
   *,
@@ -126,7 +239,7 @@ def margin_loss(
   `dmljax.beta.beta_penalty`.
 
   Args:
-    distances: [B, B] Euclidean distances.
+    distances: [B, B] Euclidean distances, or the tuples' `PairDistances`.
     triplets: T sampled tuples; each gives one positive and one negative pair.
     beta: the boundary β, a scalar or [T] (β⁽⁰⁾ + β⁽class⁾ + β⁽img⁾ of each
       tuple's anchor, see `dmljax.beta.gather_beta`).

@@ -8,6 +8,14 @@ smaller: 2048 = 409 x 5 + 3, which the samplers mask). After compilation and
 warm-up, the median and IQR of --min_repeats to --repeats calls (about
 --budget_s seconds) are reported.
 
+Each tuple-loss cell runs once per --distance_gradients value: "dense"
+(the gradient through the [B, B] distance matrix, make_method's default) and
+"gathered" (through the tuples' embedding rows, `losses.tuple_distances`).
+For each pair of cells the table after the timings gives dense / gathered
+fwd_bwd time and the evidence that both compute the same thing: the
+difference of the losses and the largest gradient difference relative to
+the largest gradient (embeddings and beta), same key and batch.
+
 If `torch` and `pytorch_metric_learning` (PML) import and --peer=auto, the
 same embeddings go through PML's DistanceWeightedMiner + MarginLoss (learned
 beta) and TripletMarginMiner(semihard) + TripletMarginLoss, and the speed-up
@@ -59,6 +67,11 @@ SAMPLERS = {
 LOSSES = ["margin", "triplet_l2", "triplet_l2sq", "contrastive"]
 _SAMPLERS = flags.DEFINE_list("samplers", list(SAMPLERS), "Keys of SAMPLERS.")
 _LOSSES = flags.DEFINE_list("losses", LOSSES, f"Losses, of {LOSSES}.")
+_GRADIENTS = flags.DEFINE_list(
+  "distance_gradients",
+  list(methods.DISTANCE_GRADIENTS),
+  f"make_method's distance_gradient values, of {methods.DISTANCE_GRADIENTS}.",
+)
 # PML peer name -> the dmljax (sampler, loss) cells it is compared with.
 PEER_PAIRS = {
   "pml_dw_margin": [
@@ -100,11 +113,19 @@ def make_batch(b: int, d: int, k: int, seed: int):
   return x, labels
 
 
-def bench_dmljax(x, labels, sampler: str, loss: str) -> dict:
-  """Times forward and forward+backward of one dmljax method."""
+def bench_dmljax(x, labels, sampler: str, loss: str, gradient: str) -> dict:
+  """Times forward and forward+backward of one dmljax method.
+
+  Also returns the loss and gradients of one fwd_bwd call (host arrays,
+  under "_values", for `compare_gradients`; not written to the JSON).
+  """
   name, kwargs = SAMPLERS[sampler]
   method = methods.make_method(
-    sampler=name, loss=loss, images_per_class=_K.value, sampler_kwargs=kwargs
+    sampler=name,
+    loss=loss,
+    images_per_class=_K.value,
+    sampler_kwargs=kwargs,
+    distance_gradient=gradient,
   )
 
   def loss_fn(key, embeddings, labels, beta):
@@ -117,7 +138,28 @@ def bench_dmljax(x, labels, sampler: str, loss: str) -> dict:
   return {
     "fwd": time_fn(lambda: jax.block_until_ready(fwd(*args))),
     "fwd_bwd": time_fn(lambda: jax.block_until_ready(fwd_bwd(*args))),
+    "_values": jax.device_get(fwd_bwd(*args)),
   }
+
+
+def compare_gradients(dense: dict, gathered: dict) -> dict:
+  """Speed-up of "gathered" over "dense" and how far their outputs differ."""
+  (loss_d, grads_d), (loss_g, grads_g) = dense["_values"], gathered["_values"]
+  leaves_d, leaves_g = jax.tree.leaves(grads_d), jax.tree.leaves(grads_g)
+  scale = max(float(np.max(np.abs(g))) for g in leaves_d)
+  diff = max(
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(leaves_d, leaves_g, strict=True)
+  )
+  m = "median_ms"
+  return dict(
+    dense_ms=dense["fwd_bwd"][m],
+    gathered_ms=gathered["fwd_bwd"][m],
+    speedup=dense["fwd_bwd"][m] / gathered["fwd_bwd"][m],
+    loss_dense=float(loss_d),
+    loss_abs_difference=abs(float(loss_d) - float(loss_g)),
+    max_gradient_difference_relative=diff / max(scale, 1e-30),
+  )
 
 
 def load_peer():
@@ -228,23 +270,54 @@ def bench_size(requested: int, peer) -> tuple[list, list]:
   base, rows, speedups, cells = dict(B=b, B_requested=requested), [], [], {}
   for sampler in _SAMPLERS.value:
     for loss in _LOSSES.value:
-      row = base | dict(impl="dmljax", sampler=sampler, loss=loss)
-      try:
-        row.update(bench_dmljax(x, labels, sampler, loss))
-      except Exception as e:  # Report the failing kernel and keep going.
-        row["error"] = f"{type(e).__name__}: {e}"
-      cells[sampler, loss] = row
-      rows.append(row)
-      print(fmt_row(b, "dmljax", f"{sampler:18} {loss}", row), flush=True)
+      for gradient in _GRADIENTS.value:
+        row = base | dict(
+          impl="dmljax", sampler=sampler, loss=loss, distance_gradient=gradient
+        )
+        try:
+          row.update(bench_dmljax(x, labels, sampler, loss, gradient))
+        except Exception as e:  # Report the failing kernel and keep going.
+          row["error"] = f"{type(e).__name__}: {e}"
+        cells[sampler, loss, gradient] = row
+        rows.append(row)
+        tag = "" if gradient == "dense" else f" {gradient}"
+        print(
+          fmt_row(b, "dmljax", f"{sampler:18} {loss}{tag}", row), flush=True
+        )
   for name, res in (bench_peer(peer[0], x, labels) if peer else {}).items():
     rows.append(base | dict(impl="pml", sampler=name, loss="") | res)
     print(fmt_row(b, "pml", name, res), flush=True)
     for sampler, loss in PEER_PAIRS[name]:
-      if "fwd_bwd" in res and "fwd_bwd" in cells.get((sampler, loss), {}):
+      cell = cells.get((sampler, loss, "dense"), {})
+      if "fwd_bwd" in res and "fwd_bwd" in cell:
         ids = dict(peer=name, dmljax=f"{sampler}+{loss}")
-        cmp = compare(res["fwd_bwd"], cells[sampler, loss]["fwd_bwd"])
-        speedups.append(base | ids | cmp)
-  return rows, speedups
+        speedups.append(base | ids | compare(res["fwd_bwd"], cell["fwd_bwd"]))
+  gradients = []
+  for sampler in _SAMPLERS.value:
+    for loss in _LOSSES.value:
+      dense = cells.get((sampler, loss, "dense"), {})
+      gathered = cells.get((sampler, loss, "gathered"), {})
+      if "_values" in dense and "_values" in gathered:
+        ids = dict(sampler=sampler, loss=loss)
+        gradients.append(base | ids | compare_gradients(dense, gathered))
+  for row in rows:
+    row.pop("_values", None)
+  return rows, speedups, gradients
+
+
+def print_gradients(gradients: list) -> None:
+  print(
+    "\nDistance gradient, fwd_bwd: dense / gathered (medians), and how far "
+    "their outputs differ:"
+  )
+  for g in gradients:
+    print(
+      f"  B={g['B']:<5} {g['sampler']:18} {g['loss']:13} "
+      f"{g['dense_ms']:9.3f} ms / {g['gathered_ms']:9.3f} ms = "
+      f"{g['speedup']:5.2f}x; |loss diff| {g['loss_abs_difference']:.1e}, "
+      f"max |grad diff| / max |grad| "
+      f"{g['max_gradient_difference_relative']:.1e}"
+    )
 
 
 def print_speedups(speedups: list) -> None:
@@ -265,6 +338,8 @@ def main(argv):
   del argv
   if unknown := set(_SAMPLERS.value) - set(SAMPLERS):
     raise app.UsageError(f"Unknown --samplers {sorted(unknown)}.")
+  if unknown := set(_GRADIENTS.value) - set(methods.DISTANCE_GRADIENTS):
+    raise app.UsageError(f"Unknown --distance_gradients {sorted(unknown)}.")
   peer = load_peer()
   info = machine_info(peer)
   threads = "XLA CPU default pool (all cores)"
@@ -277,18 +352,26 @@ def main(argv):
   header = f"{'B':>5} {'impl':7} {'sampler':18} {'loss':13} "
   header += f"{'fwd ms':>18} {'fwd_bwd ms':>18}"
   print(header + "\n" + "-" * len(header))
-  rows, speedups = [], []
+  rows, speedups, gradients = [], [], []
   for requested in [int(s) for s in _SIZES.value]:
-    r, s = bench_size(requested, peer)
-    rows, speedups = rows + r, speedups + s
+    r, s, g = bench_size(requested, peer)
+    rows, speedups, gradients = rows + r, speedups + s, gradients + g
   if speedups:
     print_speedups(speedups)
+  if gradients:
+    print_gradients(gradients)
   names = "sizes dim images_per_class repeats min_repeats budget_s seed peer"
-  names += " samplers losses"
+  names += " samplers losses distance_gradients"
   config = {k: flags.FLAGS[k].value for k in names.split()}
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value, "w") as f:
-    out = dict(machine=info, config=config, results=rows, speedups=speedups)
+    out = dict(
+      machine=info,
+      config=config,
+      results=rows,
+      speedups=speedups,
+      distance_gradients=gradients,
+    )
     json.dump(out, f, indent=2, default=float)
   print(f"\nWrote {_OUT.value}")
 
