@@ -3,10 +3,13 @@
 Shape letters: N images, H × W × C pixels, D embedding dimensions, Q
 queries, G gallery images, P pairs.
 
-The network embeds the split in fixed-size batches on this process's
-default device (from a host copy of the possibly replicated state); the
-metrics (`dmljax.metrics`) are computed on the [N, D] embeddings in blocks.
-The protocol follows the split (`dmljax.data.FileSplit`):
+The split is embedded by the whole run: process p of P reads and embeds the
+evaluation batches p, p + P, p + 2P, ... (`embed_share`), each batch split
+over the process's local devices (the network replicated on them), and the
+processes then all-gather the rows (`embed_split`), so each image is decoded
+and embedded once. The metrics (`dmljax.metrics`) are computed on the
+[N, D] embeddings in blocks (on each process, the same numbers). The
+protocol follows the split (`dmljax.data.FileSplit`):
 
 - leave-one-out retrieval (SOP, CARS196, CUB, the embedded sets): Recall@k,
   MAP@R, NMI and F1 of k-means;
@@ -16,12 +19,20 @@ The protocol follows the split (`dmljax.data.FileSplit`):
   threshold chosen on the other nine (`verification_accuracy`).
 """
 
+import grain
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
-from dmljax import data as data_lib
 from dmljax import metrics as metrics_lib
 from dmljax import parallel
+
+# Until `data.eval_batches` takes shard_index / shard_count as `pk_batches`
+# does, a process's batches are built here from the same batch makers.
+from dmljax.data import pk as _pk
+from dmljax.data.files import FileSplit
 
 
 def make_embed_fn(model):
@@ -34,25 +45,123 @@ def make_embed_fn(model):
   return embed
 
 
-def embed_split(
-  embed_fn, state, split, *, batch_size: int, num_workers: int = 0
-) -> np.ndarray:
-  """Embeddings [N, D] of every image of `split`, in order.
+def _process_batches(split, numbers, batch_size: int, num_workers: int):
+  """The evaluation batches `numbers` of `split` (see `data.eval_batches`)."""
+  if isinstance(split, FileSplit):
+    make_batch = _pk._FileEvalBatch(split, batch_size)
+  else:
+    make_batch = _pk._EvalBatch(split.images, split.labels, batch_size)
+  dataset = grain.MapDataset.source(list(numbers)).map(make_batch)
+  return _pk._iterable(dataset, num_workers)
 
-  Runs on this process's default device, from a host copy of the network
-  (the state may be replicated over a mesh).
+
+def embed_share(
+  embed_fn,
+  state,
+  split,
+  *,
+  batch_size: int,
+  num_workers: int = 0,
+  devices=None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """This process's share of the split's embeddings.
+
+  The split is cut into G = ⌈N / b⌉ batches of b = n·⌈B / n⌉ images (B =
+  `batch_size`, n devices); process p of P takes batches p, p + P, ... and
+  splits each over its n devices.
+
+  Args:
+    embed_fn: `make_embed_fn(model)`.
+    state: the train state (possibly replicated over a mesh).
+    split: the images (`data.Split` or `data.FileSplit`).
+    batch_size: B, images per call, over all of this process's devices.
+    num_workers: grain worker processes that decode the batches.
+    devices: this process's devices to use (default `jax.local_devices()`).
+    process_index: p (default `jax.process_index()`).
+    process_count: P (default `jax.process_count()`).
+
+  Returns:
+    (indices int32 [M], embeddings float32 [M, D]), M = ⌈G / P⌉·b the same on
+    every process: the rows of split images `indices`, and index −1 with
+    zero rows where this process had no image (padding).
   """
-  variables = parallel.to_host(
-    {"params": state["params"]["embed"], "batch_stats": state["batch_stats"]}
+  process_index = (
+    jax.process_index() if process_index is None else process_index
   )
-  chunks = []
-  batches = data_lib.eval_batches(
-    split, batch_size=batch_size, num_workers=num_workers
+  process_count = (
+    jax.process_count() if process_count is None else process_count
   )
-  for batch in batches:
-    embeddings = np.asarray(embed_fn(variables, batch["image"]))
-    chunks.append(embeddings[np.asarray(batch["mask"])])
-  return np.concatenate(chunks)
+  mesh = parallel.local_mesh(devices)
+  num_devices = mesh.devices.size
+  batch = num_devices * -(-batch_size // num_devices)
+  num_batches = -(-len(split) // batch)
+  numbers = range(process_index, num_batches, process_count)
+  variables = jax.device_put(
+    parallel.to_host(
+      {"params": state["params"]["embed"], "batch_stats": state["batch_stats"]}
+    ),
+    NamedSharding(mesh, PartitionSpec()),
+  )
+  rows = NamedSharding(mesh, PartitionSpec(parallel.DATA_AXIS))
+  indices, chunks, pending = [], [], None
+  for host in _process_batches(split, numbers, batch, num_workers):
+    out = embed_fn(variables, jax.device_put(host["image"], rows))
+    if pending is not None:  # Fetch the previous batch while this one runs.
+      chunks.append(np.asarray(pending, np.float32))
+    pending = out
+    indices.append(np.asarray(host["index"], np.int32))
+  if pending is not None:
+    chunks.append(np.asarray(pending, np.float32))
+  missing = -(-num_batches // process_count) - len(numbers)
+  if not chunks:  # No batch here: learn D without embedding anything.
+    dim = jax.eval_shape(
+      embed_fn,
+      variables,
+      jax.ShapeDtypeStruct((batch, *split.image_shape), np.float32),
+    ).shape[1]
+    chunks.append(np.zeros((0, dim), np.float32))
+    indices.append(np.zeros(0, np.int32))
+  dim = chunks[0].shape[1]
+  chunks.append(np.zeros((missing * batch, dim), np.float32))
+  indices.append(np.full(missing * batch, -1, np.int32))
+  return np.concatenate(indices), np.concatenate(chunks)
+
+
+def embed_split(
+  embed_fn,
+  state,
+  split,
+  *,
+  batch_size: int,
+  num_workers: int = 0,
+  devices=None,
+) -> np.ndarray:
+  """Embeddings [N, D] of every image of `split`, in order, on every process.
+
+  Each process embeds its share (`embed_share`: batches of `batch_size`
+  images split over its local devices, or `devices`), then the shares are
+  all-gathered. Each device runs the network on its slice of a batch in
+  eval mode (no statistic crosses rows), so the embeddings do not depend on
+  the device or process count beyond float round-off.
+  """
+  indices, embeddings = embed_share(
+    embed_fn,
+    state,
+    split,
+    batch_size=batch_size,
+    num_workers=num_workers,
+    devices=devices,
+  )
+  if jax.process_count() > 1:
+    indices, embeddings = multihost_utils.process_allgather(
+      (indices, embeddings), tiled=True
+    )
+  valid = indices >= 0
+  out = np.zeros((len(split), embeddings.shape[1]), np.float32)
+  out[indices[valid]] = embeddings[valid]
+  return out
 
 
 def query_gallery_recall(
@@ -84,14 +193,20 @@ def query_gallery_recall(
   return {k: float(np.mean(first < k)) for k in ks}
 
 
-def evaluate(embed_fn, state, split, config) -> dict[str, float]:
-  """The split's protocol (module docstring) on its embeddings."""
+def evaluate(
+  embed_fn, state, split, config, *, devices=None
+) -> dict[str, float]:
+  """The split's protocol (module docstring) on its embeddings.
+
+  `devices`: this process's devices that embed (default all local ones).
+  """
   embeddings = embed_split(
     embed_fn,
     state,
     split,
     batch_size=config.eval.batch_size,
     num_workers=config.data.num_workers,
+    devices=devices,
   )
   if not np.all(np.isfinite(embeddings)):
     raise FloatingPointError("The test embeddings contain NaN or inf.")

@@ -180,6 +180,19 @@ def make_mesh(
   )
 
 
+def local_mesh(devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+  """A 1-D "data" mesh over this process's devices (default: all local).
+
+  For work each process does on its own (evaluation): no array on it spans
+  processes. Its axis type is Auto (`jax.sharding.Mesh`'s default), so jit
+  places the computation from its inputs' shardings.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  if not devices:
+    raise ValueError("local_mesh needs at least one device.")
+  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   """The sharding of parameters and state: a full copy on every device."""
   return NamedSharding(mesh, PartitionSpec())
