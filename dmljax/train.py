@@ -37,6 +37,7 @@ import optax
 
 from dmljax import beta as beta_lib
 from dmljax import checkpoint as checkpoint_lib
+from dmljax import config_checks
 from dmljax import data as data_lib
 from dmljax import evaluation
 from dmljax import methods as methods_lib
@@ -304,6 +305,7 @@ def train_and_evaluate(
     The final evaluation metrics (also in `workdir/metrics.jsonl` and
     `workdir/summary.json`).
   """
+  config_checks.check_config(config)  # Every value, before any work.
   checkpointer = checkpoint_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.max_to_keep
   )

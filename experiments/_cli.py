@@ -4,8 +4,15 @@
 `configs/methods.py:method=NAME,dataset=<dataset>[,args]` (ml_collections
 loads configs by path only), then trains and evaluates with
 `dmljax.train.train_and_evaluate`. Explicit `.py` paths pass through.
+
+Before any work, the `--config.*` overrides are checked against the config
+(an unknown key is one line with the nearest known key), then every value
+(`configs.common.check_config`); a user error ends the driver with one line
+(`experiments/_errors.py`).
 """
 
+import difflib
+import importlib.util
 import os
 import sys
 
@@ -14,6 +21,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import _errors
+from experiments.configs import common
 from experiments.configs import methods
 
 _CONFIGS = os.path.join(os.path.dirname(__file__), "configs", "methods.py")
@@ -93,9 +102,68 @@ def _rewrite_config_arg(argv: list[str], dataset: str) -> list[str]:
   return out
 
 
+def _load_config(value: str):
+  """The config that `--config=FILE.py[:arg]` names (None if not a file)."""
+  path, _, arg = value.partition(":")
+  if not path.endswith(".py") or not os.path.isfile(path):
+    return None
+  if os.path.abspath(path) == os.path.abspath(_CONFIGS):
+    return methods.get_config(arg or None)
+  spec = importlib.util.spec_from_file_location("_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _override_problem(name: str, config) -> str | None:
+  """Why `--config.<name>` cannot be set in `config`, or None."""
+  node, walked = config, []
+  for part in name.split("."):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      where = ".".join(walked) or "the config"
+      close = difflib.get_close_matches(part, keys, n=1)
+      hint = f" Did you mean {'.'.join([*walked, close[0]])}?" if close else ""
+      return (
+        f"--config.{name}: {where} has no key {part!r}.{hint} Its keys: "
+        f"{', '.join(sorted(keys))}."
+      )
+    node, walked = node[part], [*walked, part]
+  return None
+
+
+def _check_overrides(argv: list[str]) -> None:
+  """Ends the driver with one line for an unknown `--config.KEY`."""
+  value = next(
+    (a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None
+  )
+  if value is None:
+    return
+  try:
+    config = _load_config(value)
+  except ValueError as error:
+    message = _errors.one_line(error)
+    name = dict(
+      item.partition("=")[::2] for item in value.partition(":")[2].split(",")
+    ).get("method")
+    close = difflib.get_close_matches(name or "", list(methods.METHODS), n=1)
+    if close and name not in methods.METHODS:
+      message += f" Did you mean {close[0]}?"
+    _errors.fail(message)
+  if config is None:
+    return
+  for arg in argv:
+    if arg.startswith("--config."):
+      name = arg[len("--config.") :].split("=", 1)[0]
+      problem = _override_problem(name, config)
+      if problem:
+        _errors.fail(problem)
+
+
 def run(*, dataset: str) -> None:
   """Parses flags and runs the training job on `dataset`."""
   sys.argv = _rewrite_config_arg(sys.argv, dataset)
+  _check_overrides(sys.argv)
 
   def main(argv):
     if len(argv) > 1:
@@ -120,9 +188,10 @@ def run(*, dataset: str) -> None:
       "runs", config.data.name, config.method
     )
     logging.info("Config:\n%s", config)
+    common.check_config(config)  # Every value, and unknown keys.
     from dmljax import export  # pylint: disable=import-outside-toplevel
 
     export.write_run_config(workdir, config)  # For experiments.embed.
     train.train_and_evaluate(config, workdir)
 
-  app.run(main)
+  _errors.run_main(main)
