@@ -34,6 +34,13 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3):
+    if isinstance(max_to_keep, bool) or not (
+      isinstance(max_to_keep, int) and max_to_keep >= 1
+    ):
+      raise ValueError(
+        f"max_to_keep must be an integer ≥ 1, got {max_to_keep!r}: a run "
+        "that keeps no checkpoint can be neither resumed nor exported."
+      )
     directory = os.path.abspath(directory)
     try:
       os.makedirs(directory, exist_ok=True)
@@ -103,6 +110,17 @@ class Checkpointer:
     self._manager.close()
 
 
+def saved_steps(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, ascending.
+
+  Reads only: a missing directory has none (unlike `Checkpointer`, which
+  creates it).
+  """
+  if not os.path.isdir(directory):
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory))
+
+
 def read_state(directory: str, step: int | None = None) -> Any:
   """The train state of a checkpoint as NumPy arrays, on any topology.
 
@@ -111,15 +129,20 @@ def read_state(directory: str, step: int | None = None) -> Any:
     step: which checkpoint; None for the latest.
 
   Raises:
-    FileNotFoundError: there is no checkpoint to read.
+    FileNotFoundError: there is no checkpoint to read, or none at `step`
+      (the message lists the steps there are).
   """
+  steps = saved_steps(directory)
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {directory}.")
   if step is None:
-    steps = (
-      ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(
+      f"No checkpoint of step {step} in {directory} (it holds steps "
+      f"{', '.join(map(str, steps))}; older ones are deleted as training "
+      "goes on, config.ckpt.max_to_keep)."
     )
-    if not steps:
-      raise FileNotFoundError(f"No checkpoint in {directory}.")
-    step = max(steps)
   path = os.path.join(os.path.abspath(directory), str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree

@@ -3,7 +3,9 @@
 `<workdir>/metrics.jsonl` holds one JSON object per line:
 {"step": int, "kind": "train" | "eval" | "final", <metric>: float, ...}. A
 resumed run first drops the lines written after its checkpoint, so the file
-reads as if the run had never stopped.
+reads as if the run had never stopped. A torn last line (a crash in the
+middle of writing it) is dropped with a warning; a broken line before the
+last is an error naming it.
 """
 
 import json
@@ -12,6 +14,8 @@ import sys
 from typing import Any
 
 import tqdm
+
+from dmljax import rundir
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -55,12 +59,36 @@ class MetricsLog:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of `<workdir>/metrics.jsonl` (empty if there is none)."""
+  """The records of `<workdir>/metrics.jsonl` (empty if there is none).
+
+  Raises:
+    ValueError: a line other than the last is not a JSON record.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(path, errors="replace") as f:
+    lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+  records = []
+  for position, (number, line) in enumerate(lines):
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or "step" not in record:
+        raise ValueError("not a metrics record")
+    except ValueError as error:
+      if position == len(lines) - 1:  # A crash in the middle of a write.
+        print(
+          f"warning: {path}: dropped its torn last line {number} "
+          f"({line.strip()[:60]!r}), left by a run stopped while writing it.",
+          file=sys.stderr,
+        )
+        break
+      raise ValueError(
+        f"{path}, line {number}, is not a metrics record ({error}): "
+        f"{line.strip()[:60]!r}. Delete that line and rerun."
+      ) from error
+    records.append(record)
+  return records
 
 
 def progress_bar(start: int, total: int, *, enabled: bool = True) -> tqdm.tqdm:
@@ -140,6 +168,9 @@ def finish(
   summary = {"config": config.to_dict(), "final": final}
   if beta is not None:
     summary["beta"] = beta
+  starts = rundir.read_starts(workdir)
+  if starts:  # Every start of the run, and what each one changed.
+    summary["starts"] = starts
   temporary = os.path.join(workdir, SUMMARY_FILE + ".tmp")
   with open(temporary, "w") as f:
     json.dump(summary, f, indent=2, default=str)

@@ -45,6 +45,7 @@ from dmljax import models as models_lib
 from dmljax import optim as optim_lib
 from dmljax import parallel
 from dmljax import reporting
+from dmljax import rundir
 from dmljax.dsp import training as dsp_training
 
 # The options of each sampler that a config carries (others take none).
@@ -301,16 +302,27 @@ def train_and_evaluate(
   process calls this with the same config; each reads its own rows of every
   batch, and only process 0 writes metrics, plots and the summary.
 
+  Every value of `config` is checked first (`dmljax.config_checks`), then
+  the workdir is claimed (`dmljax.rundir`: one process at a time, and a
+  resume may not contradict the run's config); nothing is loaded, compiled
+  or written before both pass.
+
   Returns:
     The final evaluation metrics (also in `workdir/metrics.jsonl` and
     `workdir/summary.json`).
   """
-  config_checks.check_config(config)  # Every value, before any work.
+  config_checks.check_config(config)
+  with rundir.claim(workdir, config, primary=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
+  """`train_and_evaluate` once the config and the workdir passed."""
+  primary = jax.process_index() == 0
+  train_split, test_split = data_lib.load_splits(config)
   checkpointer = checkpoint_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.max_to_keep
   )
-  primary = jax.process_index() == 0
-  train_split, test_split = data_lib.load_splits(config)
   batch_size = config.data.batch_size
   images_per_class = config.data.images_per_class
   mining = config.parallel.mining
@@ -379,10 +391,13 @@ def train_and_evaluate(
   def check_finite(state):
     bad = int(parallel.to_host(state["nonfinite_step"]))
     if bad >= 0:
+      last = checkpointer.latest_step()
+      kept = "no checkpoint had been saved yet"
+      if last is not None:
+        kept = f"the last checkpoint (step {last}) was kept"
       raise FloatingPointError(
         f"The loss or its gradients became NaN/inf at step {bad}; the update "
-        f"was skipped and the last checkpoint (step "
-        f"{checkpointer.latest_step()}) was kept. Lower the learning rate "
+        f"was skipped and {kept}. Lower the learning rate "
         "(--config.optim.learning_rate) or check the inputs."
       )
 

@@ -189,9 +189,7 @@ def run(*, dataset: str) -> None:
     )
     logging.info("Config:\n%s", config)
     common.check_config(config)  # Every value, and unknown keys.
-    from dmljax import export  # pylint: disable=import-outside-toplevel
-
-    export.write_run_config(workdir, config)  # For experiments.embed.
+    # Checks the workdir, then writes its config.json (dmljax.rundir).
     train.train_and_evaluate(config, workdir)
 
   _errors.run_main(main)
