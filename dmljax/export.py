@@ -3,18 +3,26 @@
 Shape letters: N images, D embedding dimensions, Q queries, k neighbours,
 S crop side.
 
-`experiments.embed` restores a run's network (`load_model`: the config the
-driver wrote to `<workdir>/config.json`, the latest checkpoint read as
-NumPy), embeds every image of a folder or CSV (`embed_images`: decode as
+`experiments.embed` restores a run's network (`load_model`: the run's
+`<workdir>/config.json`, see `dmljax.rundir`, and the latest checkpoint read
+as NumPy), embeds every image of a folder or CSV (`embed_images`: decode as
 RGB, the run's test-time preprocessing, i.e. scale to R × R, centre S × S
 crop, standardise as trained) and writes them (`write_embeddings`):
 
   FILE.npz   "embeddings" float32 [N, D], "paths" str [N], "labels" str [N]
   FILE.npy   the embeddings alone (paths and labels then go in the JSON)
-  FILE.json  {"format", "workdir", "step", "model", "preprocess", "data",
-              "config"[, "paths", "labels"]}: enough for another program to
-              preprocess a new image the same way and for `experiments.query`
-              to rebuild the network.
+  FILE.npz.json / FILE.npy.json (the file's name + ".json": an .npz and an
+             .npy export never share one)  {"format", "workdir", "step",
+             "model", "preprocess", "data", "config", "weights"[, "paths",
+             "labels"]}: enough for another program to preprocess a new
+             image the same way and to rebuild the network.
+  FILE.npz.weights.msgpack  the network's {"params", "batch_stats"} of that
+             step (flax msgpack): the export carries its own weights, so
+             training on, `max_to_keep` deleting the step, or a new run in
+             the workdir cannot break it (`load_export_model`).
+
+Exports of format "dmljax.embeddings/1" (FILE.json, no weights) are still
+read; their network is the workdir's checkpoint of the recorded step.
 
 `contact_sheet` draws each query beside its nearest neighbours.
 """
@@ -26,23 +34,18 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import serialization
 from PIL import Image
 from PIL import ImageDraw
 
 from dmljax import checkpoint as checkpoint_lib
+from dmljax import rundir
 from dmljax.data import images as images_lib
 
-FORMAT = "dmljax.embeddings/1"
-CONFIG_FILE = "config.json"
-
-
-def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes `<workdir>/config.json` (process 0), so a run can be exported."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, default=str)
+FORMAT = "dmljax.embeddings/2"
+LEGACY_FORMAT = "dmljax.embeddings/1"  # FILE.json, weights in the workdir.
+CONFIG_FILE = rundir.IDENTITY_FILE
+SUFFIXES = (".npz", ".npy")
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -69,6 +72,14 @@ def _tuples(value: Any) -> Any:
   return value
 
 
+def _model(config: ml_collections.ConfigDict):
+  """The embedder of a config read back from JSON."""
+  from dmljax import train  # pylint: disable=import-outside-toplevel
+
+  config.model.backbone_kwargs = _tuples(config.model.backbone_kwargs.to_dict())
+  return train.make_model(config)
+
+
 def load_model(workdir: str, step: int | None = None):
   """(model, variables, step, config) of the run in `workdir`.
 
@@ -80,23 +91,23 @@ def load_model(workdir: str, step: int | None = None):
     The linen embedder, its {"params", "batch_stats"} as NumPy, the
     checkpoint's step and the run's config.
   """
-  from dmljax import train  # pylint: disable=import-outside-toplevel
-
   config = read_run_config(workdir)
-  config.model.backbone_kwargs = _tuples(config.model.backbone_kwargs.to_dict())
   directory = os.path.join(workdir, "checkpoints")
   try:
     state = checkpoint_lib.read_state(directory, step)
   except FileNotFoundError as error:
-    raise ValueError(
-      f"{error} Train first (the run saves a checkpoint every "
-      "config.ckpt.every steps and at the end), or pass the right --workdir."
-    ) from error
+    hint = " Pass an existing --step, or none for the latest."
+    if not checkpoint_lib.saved_steps(directory):
+      hint = (
+        " Train first (the run saves a checkpoint every config.ckpt.every "
+        "steps and at the end), or pass the right --workdir."
+      )
+    raise ValueError(f"{error}{hint}") from error
   variables = {
     "params": state["params"]["embed"],
     "batch_stats": state["batch_stats"],
   }
-  return train.make_model(config), variables, int(state["step"]), config
+  return _model(config), variables, int(state["step"]), config
 
 
 def preprocess_of(data: ml_collections.ConfigDict) -> images_lib.Preprocess:
@@ -113,7 +124,10 @@ def preprocess_of(data: ml_collections.ConfigDict) -> images_lib.Preprocess:
 def preprocess_record(preprocess: images_lib.Preprocess) -> dict[str, Any]:
   """The JSON description of `preprocess` another program can follow."""
   return {
-    "decode": "RGB (Pillow convert('RGB'); grayscale becomes 3 channels)",
+    "decode": (
+      "RGB (Pillow convert('RGB'); grayscale becomes 3 channels; 16-bit "
+      "scaled by 255/65535; EXIF orientation applied)"
+    ),
     "mode": preprocess.mode,
     "resize": preprocess.resize,
     "crop": preprocess.crop,
@@ -149,8 +163,48 @@ def embed_images(
   return np.concatenate(chunks).astype(np.float32)
 
 
-def _json_path(path: str) -> str:
+def description_path(path: str) -> str:
+  """FILE.npz → FILE.npz.json (an .npz and an .npy never share one)."""
+  return path + ".json"
+
+
+def weights_path(path: str) -> str:
+  """FILE.npz → FILE.npz.weights.msgpack."""
+  return path + ".weights.msgpack"
+
+
+def _legacy_description_path(path: str) -> str:
   return os.path.splitext(path)[0] + ".json"
+
+
+def check_output_path(path: str) -> None:
+  """ValueError unless `path` can take an export (before any work).
+
+  >>> check_output_path("emb.txt")
+  Traceback (most recent call last):
+  ...
+  ValueError: --out must end in .npz or .npy, got 'emb.txt'.
+  """
+  if not path or not path.endswith(SUFFIXES):
+    raise ValueError(f"--out must end in .npz or .npy, got {path!r}.")
+  folder = os.path.dirname(os.path.abspath(path))
+  existing = folder
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+    raise ValueError(
+      f"--out={path}: cannot write in {existing}. Choose a writable folder."
+    )
+  if os.path.isdir(path):
+    raise ValueError(f"--out={path} is a folder; name a .npz or .npy file.")
+
+
+def _replace(path: str, write) -> None:
+  """Writes `path` through a temporary file (never half-written)."""
+  temporary = path + ".tmp"
+  with open(temporary, "wb") as f:
+    write(f)
+  os.replace(temporary, path)
 
 
 def write_embeddings(
@@ -159,46 +213,84 @@ def write_embeddings(
   paths,
   labels,
   metadata: dict[str, Any],
+  *,
+  variables: Any = None,
 ) -> str:
-  """Writes FILE.npz or FILE.npy and FILE.json; returns the JSON's path."""
+  """Writes FILE.npz|npy, its weights and FILE.npz|npy.json.
+
+  Args:
+    path: FILE.npz or FILE.npy.
+    embeddings: float32 [N, D].
+    paths, labels: N strings each.
+    metadata: what the description records (module docstring).
+    variables: the network's {"params", "batch_stats"}, saved beside the
+      embeddings (None: none; `experiments.query` then cannot embed).
+
+  Returns:
+    The description's path.
+  """
   embeddings = np.asarray(embeddings, np.float32)
   paths, labels = list(map(str, paths)), list(map(str, labels))
   if embeddings.ndim != 2 or not embeddings.shape[0] == len(paths) == len(
     labels
   ):
     raise ValueError("embeddings [N, D] need N paths and N labels.")
+  check_output_path(path)
   metadata = {"format": FORMAT, **metadata}
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if variables is not None:
+    host = jax.tree.map(np.asarray, variables)
+    packed = serialization.msgpack_serialize(host)
+    _replace(weights_path(path), lambda f: f.write(packed))
+    metadata["weights"] = os.path.basename(weights_path(path))
   if path.endswith(".npz"):
-    np.savez(
+    _replace(
       path,
-      embeddings=embeddings,
-      paths=np.array(paths, str),
-      labels=np.array(labels, str),
+      lambda f: np.savez(
+        f,
+        embeddings=embeddings,
+        paths=np.array(paths, str),
+        labels=np.array(labels, str),
+      ),
     )
-  elif path.endswith(".npy"):
-    np.save(path, embeddings)
-    metadata.update(paths=paths, labels=labels)
   else:
-    raise ValueError(f"--out must end in .npz or .npy, got {path!r}.")
-  json_path = _json_path(path)
-  with open(json_path, "w") as f:
-    json.dump(metadata, f, indent=2, default=str)
+    _replace(path, lambda f: np.save(f, embeddings))
+    metadata.update(paths=paths, labels=labels)
+  json_path = description_path(path)
+  text = json.dumps(metadata, indent=2, default=str).encode()
+  _replace(json_path, lambda f: f.write(text))
   return json_path
+
+
+def _description(path: str) -> tuple[str, dict[str, Any]]:
+  """(description path, its content) of the export at `path`."""
+  for json_path, formats in (
+    (description_path(path), (FORMAT,)),
+    (_legacy_description_path(path), (LEGACY_FORMAT,)),
+  ):
+    if os.path.isfile(json_path):
+      with open(json_path) as f:
+        metadata = json.load(f)
+      if metadata.get("format") not in formats:
+        raise ValueError(
+          f"{json_path} is not a {' or '.join(formats)} description."
+        )
+      return json_path, metadata
+  raise ValueError(
+    f"The description {description_path(path)} of {path} is missing: pass "
+    "the --out file written by python -m experiments.embed."
+  )
 
 
 def read_embeddings(path: str):
   """(embeddings [N, D], paths [N], labels [N], metadata) of an export."""
-  json_path = _json_path(path)
-  if not os.path.isfile(path) or not os.path.isfile(json_path):
+  if not os.path.isfile(path):
     raise ValueError(
-      f"{path} or its description {json_path} is missing: pass the --out "
-      "file written by python -m experiments.embed."
+      f"{path} is missing: pass the --out file written by python -m "
+      "experiments.embed."
     )
-  with open(json_path) as f:
-    metadata = json.load(f)
-  if metadata.get("format") != FORMAT:
-    raise ValueError(f"{json_path} is not a {FORMAT} description.")
+  json_path, metadata = _description(path)
+  metadata["description"] = json_path
   if path.endswith(".npz"):
     with np.load(path) as data:
       embeddings = data["embeddings"]
@@ -207,6 +299,38 @@ def read_embeddings(path: str):
     embeddings = np.load(path)
     paths, labels = metadata["paths"], metadata["labels"]
   return embeddings, paths, labels, metadata
+
+
+def load_export_model(path: str, metadata: dict[str, Any]):
+  """(model, variables, config) that made the export at `path`.
+
+  From the weights saved beside it; an export of the older format has none
+  and uses its workdir's checkpoint of the recorded step, if still there.
+  """
+  config = ml_collections.ConfigDict(metadata["config"])
+  if "weights" in metadata:
+    weights = os.path.join(os.path.dirname(path), metadata["weights"])
+    if not os.path.isfile(weights):
+      raise ValueError(
+        f"{weights}, the network of the export {path}, is missing: keep it "
+        "beside the embeddings, or export again with python -m "
+        "experiments.embed."
+      )
+    with open(weights, "rb") as f:
+      variables = serialization.msgpack_restore(f.read())
+    return _model(config), variables, config
+  try:
+    model, variables, _, config = load_model(
+      metadata["workdir"], metadata["step"]
+    )
+  except ValueError as error:
+    raise ValueError(
+      f"{path} is an export of format {LEGACY_FORMAT}, which uses the "
+      f"checkpoint of step {metadata['step']} in {metadata['workdir']}, and "
+      f"that cannot be read ({error}). Export again with python -m "
+      "experiments.embed: exports now carry their own weights."
+    ) from error
+  return model, variables, config
 
 
 def contact_sheet(

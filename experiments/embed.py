@@ -4,10 +4,12 @@
     --out=embeddings.npz [--split=all|train|test] [--step=N]
 
 Writes embeddings.npz ("embeddings" float32 [N, D], "paths", "labels") or
-a .npy, plus embeddings.json: the model, the checkpoint step, the workdir
-and the preprocessing (dmljax/export.py). --split=train/test embeds the
-part the run trained / was tested on (the run's data.split settings);
-"all" (default) every image, single-image classes included.
+a .npy, plus embeddings.npz.json: the model, the checkpoint step, the
+workdir and the preprocessing, and embeddings.npz.weights.msgpack: the
+network itself, so the export outlives the run's later checkpoints
+(dmljax/export.py). --split=train/test embeds the part the run trained /
+was tested on (the run's data.split settings); "all" (default) every image,
+single-image classes included. --out is checked before any work.
 """
 
 import os
@@ -16,6 +18,8 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+
+from experiments import _errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
 _DATA_DIR = flags.DEFINE_string(
@@ -38,6 +42,9 @@ def main(argv):
   from dmljax.data import folder  # pylint: disable=import-outside-toplevel
 
   start = time.time()
+  export.check_output_path(_OUT.value)
+  if _BATCH_SIZE.value < 1:
+    raise ValueError(f"--batch_size must be ≥ 1, got {_BATCH_SIZE.value}.")
   model, variables, step, config = export.load_model(
     _WORKDIR.value, _STEP.value
   )
@@ -71,6 +78,7 @@ def main(argv):
       "data": {"source": listing.source, "split": _SPLIT.value},
       "config": config.to_dict(),
     },
+    variables=variables,
   )
   print(
     f"Embedded {len(paths)} images ({embeddings.shape[1]}-d, step {step}) "
@@ -80,4 +88,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir", "data_dir", "out"])
-  app.run(main)
+  _errors.run_main(main)

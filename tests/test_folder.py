@@ -197,7 +197,7 @@ def test_export_round_trips_npz_and_npy(tmp_path):
     json_path = export.write_embeddings(
       out, embeddings, paths, labels, {"step": 5}
     )
-    assert json_path == str(tmp_path / "e.json")
+    assert json_path == str(tmp_path / f"e.{suffix}.json")  # Never shared.
     got, got_paths, got_labels, meta = export.read_embeddings(out)
     np.testing.assert_array_equal(got, embeddings)
     assert (got_paths, got_labels) == (paths, labels)

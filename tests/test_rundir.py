@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dmljax import checkpoint as checkpoint_lib
+from dmljax import export
 from dmljax import reporting
 from dmljax import rundir
 from dmljax import train
@@ -282,6 +283,32 @@ def _driver(workdir, *args):
     text=True,
     timeout=600,
   )
+
+
+@pytest.mark.slow
+def test_a_refused_resume_keeps_the_run_and_its_exports(tmp_path):
+  workdir = tmp_path / "run"
+  result = _driver(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  model, variables, step, config = export.load_model(str(workdir))
+  out = str(tmp_path / "e.npz")
+  export.write_embeddings(
+    out,
+    np.ones((2, 16), np.float32),
+    ["a", "b"],
+    ["x", "y"],
+    {"workdir": str(workdir), "step": step, "config": config.to_dict()},
+    variables=variables,
+  )
+  before = _snapshot(workdir)
+  result = _driver(workdir, "--config.model.embedding_dim=32")
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr and "ImportError" not in result.stderr
+  assert "model.embedding_dim 16 → 32" in result.stderr
+  assert _snapshot(workdir) == before  # Nothing written, nothing lost.
+  export.load_model(str(workdir))  # Still exports,
+  _, _, _, meta = export.read_embeddings(out)
+  export.load_export_model(out, meta)  # and the export still loads.
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from dmljax import config_checks
+from dmljax import export
 from dmljax import train
 from experiments import _errors
 from experiments.configs import common
@@ -181,6 +182,33 @@ def test_debug_shows_the_traceback(tmp_path):
   )
   assert result.returncode != 0
   assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_embed_checks_out_before_loading_anything(tmp_path):
+  result = _driver(
+    f"--workdir={tmp_path / 'no_run'}",
+    f"--data_dir={tmp_path}",
+    f"--out={tmp_path / 'emb.txt'}",
+    module="experiments.embed",
+  )
+  _one_line_error(result, "--out must end in .npz or .npy")
+
+
+def test_query_checks_the_image_before_the_model(tmp_path):
+  out = str(tmp_path / "e.npz")
+  export.write_embeddings(  # No weights and no workdir: loading would fail.
+    out,
+    np.eye(2, dtype=np.float32),
+    ["a.png", "b.png"],
+    ["x", "y"],
+    {"workdir": str(tmp_path / "gone"), "step": 1, "config": {}},
+  )
+  result = _driver(
+    f"--embeddings={out}",
+    f"--image={tmp_path / 'missing.png'}",
+    module="experiments.query",
+  )
+  _one_line_error(result, "missing.png is neither an image file nor a folder")
 
 
 def test_user_errors_are_ours_and_other_errors_are_not():
