@@ -8,7 +8,8 @@ Two layouts are read into a `Listing` (paths + class names per image):
   with an image extension, case-insensitive; other files are ignored);
 - a CSV (`.csv`, commas) or TSV (`.tsv`, tabs) file with a header row and
   the columns `path,label[,split]`; relative paths are relative to the
-  file's directory; `split` is "train" or "test".
+  file's directory; `split` is "train" or "test". UTF-8, with or without
+  the byte-order mark that Excel's "CSV UTF-8" writes.
 
 Images are decoded as RGB (a grayscale PNG becomes three equal channels), so
 ImageNet-pretrained networks take them unchanged.
@@ -36,6 +37,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from dmljax.data import images
 from dmljax.data.files import FileSplit
 from dmljax.data.images import Preprocess
 
@@ -82,6 +84,8 @@ def check_image(path: str) -> None:
   try:
     with Image.open(path):
       pass
+  except Image.DecompressionBombError as error:
+    raise images.too_large(path, error) from error
   except (OSError, SyntaxError, ValueError) as error:
     raise ValueError(
       f"Cannot read image {path} ({error}). Remove the file or replace it "
@@ -159,17 +163,31 @@ def read_csv(path: str) -> Listing:
     raise ValueError(f"{path} does not exist. {_LAYOUT}")
   delimiter = "\t" if path.lower().endswith(".tsv") else ","
   base = os.path.dirname(os.path.abspath(path))
-  with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f, delimiter=delimiter)
-    columns = [c.strip() for c in reader.fieldnames or ()]
-    missing = [c for c in ("path", "label") if c not in columns]
-    if missing:
-      raise ValueError(
-        f"{path}: missing column(s) {missing}; the header has {columns}. The "
-        "first row must name the columns path,label[,split] (tab-separated "
-        "in a .tsv file)."
-      )
-    rows = [{k.strip(): v for k, v in row.items() if k} for row in reader]
+  # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark.
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.DictReader(f, delimiter=delimiter)
+      columns = [c.strip() for c in reader.fieldnames or ()]
+      missing = [c for c in ("path", "label") if c not in columns]
+      if missing:
+        other = ";" if delimiter == "," else ","
+        hint = ""
+        if len(columns) == 1 and other in columns[0]:
+          hint = (
+            f" The header is separated by {other!r}: save the file with "
+            f"{delimiter!r} as the separator."
+          )
+        raise ValueError(
+          f"{path}: missing column(s) {missing}; the header has {columns}. "
+          "The first row must name the columns path,label[,split] "
+          f"(tab-separated in a .tsv file).{hint}"
+        )
+      rows = [{k.strip(): v for k, v in row.items() if k} for row in reader]
+  except UnicodeDecodeError as error:
+    raise ValueError(
+      f"{path} is not UTF-8 text ({error}): save it as UTF-8 (Excel: "
+      "'CSV UTF-8 (Comma delimited)')."
+    ) from error
   if not rows:
     raise ValueError(f"{path} lists no images.")
   has_split = "split" in columns

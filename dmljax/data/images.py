@@ -20,6 +20,20 @@ in training, mirrored with probability 1/2. An optional bounding box
 variants of CARS196 and CUB). Images are returned as float32, standardised
 with the ImageNet mean and standard deviation (what torchvision's and timm's
 pretrained ResNet-50 expect) or scaled to [0, 1].
+
+Decoding (`decode`) is honest about what a file holds:
+
+- 16-bit grayscale (PNG, TIFF: Pillow's modes "I;16*", and "I" holding
+  values 0..65535) is scaled by its real range, 65535 → 255 (Pillow's own
+  `convert("RGB")` clips it, turning most of the image white); a float image
+  ("F") must hold values in [0, 1], and any other range is refused, naming
+  the file; every other mode goes through `convert("RGB")` (palette,
+  bilevel, CMYK; alpha is dropped);
+- the EXIF orientation tag is applied (a phone photo stored sideways is
+  turned upright, as viewers show it), after any bounding box, which is
+  taken in the stored pixel grid;
+- an image over Pillow's decompression-bomb limit is an error naming the
+  file and the fix (downscale it), not Pillow's bare exception.
 """
 
 import dataclasses
@@ -29,6 +43,18 @@ import numpy as np
 from PIL import Image
 
 MODES = ("square", "pad")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# EXIF orientation (tag 0x0112) → the transpose that shows it upright.
+_ORIENTATION = 0x0112
+_UPRIGHT = {
+  2: Image.Transpose.FLIP_LEFT_RIGHT,
+  3: Image.Transpose.ROTATE_180,
+  4: Image.Transpose.FLIP_TOP_BOTTOM,
+  5: Image.Transpose.TRANSPOSE,
+  6: Image.Transpose.ROTATE_270,
+  7: Image.Transpose.TRANSVERSE,
+  8: Image.Transpose.ROTATE_90,
+}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -69,26 +95,68 @@ PAPER_SQUARE = Preprocess()
 PAPER_PADDED = Preprocess(mode="pad")
 
 
+def too_large(path: str, error: Exception) -> ValueError:
+  """The error for an image over Pillow's decompression-bomb limit."""
+  return ValueError(
+    f"Image {path} is too large to decode ({error}): downscale it (e.g. to "
+    "at most 4,000 pixels a side; training scales images down to a few "
+    "hundred pixels anyway) or remove it from the data."
+  )
+
+
+def _rgb(image: Image.Image, path: str) -> Image.Image:
+  """`image` as RGB, 16-bit and float images by their real range."""
+  if image.mode in _SIXTEEN_BIT:
+    values = np.asarray(image).astype(np.float64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+      raise ValueError(
+        f"Image {path} holds 32-bit integers (range {values.min():g}.."
+        f"{values.max():g}), which have no standard brightness scale: save "
+        "it as an 8- or 16-bit image."
+      )
+    gray = np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+  if image.mode == "F":
+    values = np.asarray(image, np.float64)
+    if values.size and not (
+      np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+    ):
+      raise ValueError(
+        f"Image {path} holds floats outside [0, 1] (range {values.min():g}.."
+        f"{values.max():g}), which have no standard brightness scale: save "
+        "it as an 8- or 16-bit image, or scale it to [0, 1]."
+      )
+    gray = np.rint(values * 255.0).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+  return image.convert("RGB")
+
+
 def decode(
   path: str, box: np.ndarray | None = None, data: bytes | None = None
 ) -> Image.Image:
   """The RGB image at `path`, cut to `box` (x1, y1, x2, y2) if given.
 
   `data`, if given, is the encoded image itself (a tfds record) and `path`
-  only names it in errors.
+  only names it in errors. 16-bit images keep their range and the EXIF
+  orientation is applied (module docstring).
 
   Raises:
-    ValueError: the file is missing, truncated or not an image, naming it.
+    ValueError: the file is missing, truncated, too large or not an image,
+      naming it.
   """
   try:
     with Image.open(path if data is None else io.BytesIO(data)) as image:
-      image = image.convert("RGB")  # Forces the full decode.
+      image.load()  # Forces the full decode (and reads a PNG's late EXIF).
+      orientation = image.getexif().get(_ORIENTATION, 1)
+      image = _rgb(image, path)
   except FileNotFoundError as error:
     raise ValueError(
-      f"Image file {path} is missing: the dataset directory is incomplete. "
-      "Extract the official archive again (see the reader's docstring for "
-      "the layout)."
+      f"Image file {path} is missing. Restore it or remove it from the "
+      "data (a benchmark's: extract the official archive again; the layout "
+      "is in its reader's docstring)."
     ) from error
+  except Image.DecompressionBombError as error:
+    raise too_large(path, error) from error
   except (OSError, SyntaxError) as error:
     if data is not None:
       raise ValueError(
@@ -97,8 +165,8 @@ def decode(
       ) from error
     raise ValueError(
       f"Cannot decode image {path} ({error}): the file is corrupt or "
-      "truncated. Extract the official archive again, or remove this image "
-      "from the list file if it is broken in the archive itself."
+      "truncated. Replace or remove it (a benchmark's image: extract the "
+      "official archive again)."
     ) from error
   if box is not None:
     x1, y1, x2, y2 = (int(round(float(v))) for v in box)
@@ -106,6 +174,8 @@ def decode(
     x2, y2 = min(x2, image.width), min(y2, image.height)
     if x2 > x1 and y2 > y1:  # A degenerate box keeps the whole image.
       image = image.crop((x1, y1, x2, y2))
+  if orientation in _UPRIGHT:
+    image = image.transpose(_UPRIGHT[orientation])
   return image
 
 
