@@ -11,6 +11,7 @@ last is an error naming it.
 import json
 import os
 import sys
+import weakref
 from typing import Any
 
 import tqdm
@@ -91,9 +92,12 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return records
 
 
+_OPEN_BARS: "weakref.WeakSet[tqdm.tqdm]" = weakref.WeakSet()
+
+
 def progress_bar(start: int, total: int, *, enabled: bool = True) -> tqdm.tqdm:
   """A progress bar over training steps (steps/s, loss as postfix)."""
-  return tqdm.tqdm(
+  bar = tqdm.tqdm(
     initial=start,
     total=total,
     unit="step",
@@ -101,6 +105,14 @@ def progress_bar(start: int, total: int, *, enabled: bool = True) -> tqdm.tqdm:
     file=sys.stderr,
     disable=total == start or not enabled,
   )
+  _OPEN_BARS.add(bar)
+  return bar
+
+
+def close_progress_bars() -> None:
+  """Ends the open progress bars' lines (before an error message)."""
+  for bar in list(_OPEN_BARS):
+    bar.close()
 
 
 def plot_curves(workdir: str) -> list[str]:

@@ -39,6 +39,7 @@ from dmljax import beta as beta_lib
 from dmljax import checkpoint as checkpoint_lib
 from dmljax import config_checks
 from dmljax import data as data_lib
+from dmljax import divergence
 from dmljax import evaluation
 from dmljax import methods as methods_lib
 from dmljax import models as models_lib
@@ -401,6 +402,16 @@ def _train_and_evaluate(config, workdir):
         "(--config.optim.learning_rate) or check the inputs."
       )
 
+  def evaluate(step):
+    try:
+      return evaluation.evaluate(embed_fn, state, test_split, config)
+    except FloatingPointError as error:  # Finite weights, but huge ones.
+      raise divergence.nonfinite_evaluation(
+        step, checkpointer.latest_step()
+      ) from error
+
+  collapse = divergence.CollapseWatch()
+
   progress = reporting.progress_bar(start, num_steps, enabled=primary)
   if primary and num_devices > 1:
     progress.write(f"Data parallel: {num_devices} devices, {mining} mining.")
@@ -413,20 +424,28 @@ def _train_and_evaluate(config, workdir):
       check_finite(state)
       values = {name: float(v) for name, v in parallel.to_host(metrics).items()}
       log.write(step, "train", values)
+      collapse.observe(
+        step,
+        values,
+        last_checkpoint=checkpointer.latest_step(),
+        final=step == num_steps,
+      )
       progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
     if step % config.train.eval_every == 0 and step != num_steps:
       log.write(
         step,
         "eval",
-        evaluation.evaluate(embed_fn, state, test_split, config),
+        evaluate(step),
       )
     if step % config.ckpt.every == 0 or step == num_steps:
       check_finite(state)
-      checkpointer.save(step, state, batches.get_state())
+      host_metrics = parallel.to_host(metrics)  # Synced by the save anyway.
+      if not divergence.looks_collapsed(host_metrics):  # Keep the last good.
+        checkpointer.save(step, state, batches.get_state())
     progress.update(1)
   progress.close()
   check_finite(state)
-  final = evaluation.evaluate(embed_fn, state, test_split, config)
+  final = evaluate(num_steps)
   log.write(num_steps, "final", final)
   checkpointer.close()
   if primary:
