@@ -4,6 +4,7 @@ policy.py     masked softmax policies: sample, log-probabilities, entropy
 reinforce.py  centred scores (mean / leave-one-out baselines), surrogate
 network.py    DeepSamplerNetwork: cheap trunk + triplet and N-pair heads
 selection.py  tuples from a candidate pool under the policy
+objective.py  embedding loss of pool tuples: θ's loss, sampler's score
 algorithm.py  Algorithm 1 as one jitted step
 """
 

@@ -1,16 +1,28 @@
 """Algorithm 1 of DE-DSP: joint sampler and embedding learning, one jit step.
 
 Shape letters: P classes × M images in the candidate pool (N = P·M), K
-mini-batches per batch, m tuples per mini-batch, D embedding dimensions.
+mini-batches per batch, m tuples per mini-batch (N-pair: m = P pairs), D
+embedding dimensions.
 
 One step, given a pool (a P×K batch with K = M from `dmljax.data`):
 
   for k = 1..K (a `lax.scan`, static shapes):
     sample m tuples with the policy p(x; η) (`selection`),
     score them: S = the embedding loss of each tuple (a forward pass of the
-      embedding network on the 3m or 2P chosen images only),
+      embedding network on the 3m or 2P chosen images only; BatchNorm in
+      inference mode by default, `reward_mode`),
     update η with REINFORCE on the centred scores (`reinforce`, eq. 8);
-  update θ on the K·m tuples of the batch with the embedding loss.
+  update θ on the K mini-batches with the embedding loss (`objective`):
+    one training-mode forward pass over the K·3m or K·2P chosen images,
+    the terms of each tuple within its own mini-batch, and one reduction
+    over the batch (`objective.embedding_loss`).
+
+The losses (`objective`): triplet, eq. 2, is the squared ℓ2 loss
+[D_ap² − D_an² + α]₊ of FaceNet (`squared=True`, loss.name triplet_l2sq);
+[D_ap − D_an + α]₊ (`squared=False`, triplet_l2) is an option. N-pair is
+eq. 9 within each mini-batch (its P probes against its own P gallery
+images), the batch loss the mean of the K mini-batch losses (weighted by
+their valid pairs; `objective.embedding_loss`).
 
 The state is the train state of `dmljax.train` plus "dsn" (the sampler's
 parameters), "dsn_opt" (its Optax state) and "dsn_pretrain_step" (how many
@@ -24,20 +36,19 @@ initial, frozen embedding network, so the sampler starts out knowing which
 candidates that network finds hard.
 """
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from dmljax import distances as distances_lib
-from dmljax import losses as losses_lib
 from dmljax import optim
 from dmljax import reductions
 from dmljax.dsp import network as network_lib
+from dmljax.dsp import objective
 from dmljax.dsp import reinforce
 from dmljax.dsp import selection
-from dmljax.samplers.triplets import Triplets
 
 KINDS = ("triplet", "npair")
 # Pre-training keys: fold_in(fold_in(rng, _PRETRAIN_STREAM), i), apart from
@@ -45,50 +56,73 @@ KINDS = ("triplet", "npair")
 _PRETRAIN_STREAM = 2**31 - 1
 
 
-def tuple_terms(
-  model,
-  variables: dict[str, Any],
-  images: jax.Array,
-  tuples: selection.PoolTriplets | selection.PoolPairs,
-  *,
-  margin: float,
-  squared: bool,
-  npair_scale: float = 1.0,
-) -> tuple[jax.Array, Any]:
-  """Embedding-loss terms of pool tuples, and the new batch statistics.
-
-  Triplets: [T] terms [D_ap − D_an + α]₊ (ℓ2², `squared`, or ℓ2) on the
-  3T chosen images. Pairs: [P] N-pair terms (eq. 9) of probes vs gallery.
-  Masked tuples give 0.
-  """
-  if isinstance(tuples, selection.PoolTriplets):
-    chosen = jnp.concatenate(
-      [tuples.anchors, tuples.positives, tuples.negatives]
-    )
-  else:
-    chosen = jnp.concatenate([tuples.probes, tuples.gallery])
-  embeddings, updates = model.apply(
-    variables, images[chosen], train=True, mutable=["batch_stats"]
+def step_key(state: dict[str, Any]) -> jax.Array:
+  """The key of training step state["step"]: its tuples follow from it."""
+  return jax.random.fold_in(
+    jax.random.wrap_key_data(state["rng"]), state["step"]
   )
-  stats = updates.get("batch_stats", variables.get("batch_stats", {}))
-  count = tuples.mask.shape[0]
-  if isinstance(tuples, selection.PoolTriplets):
-    order = jnp.arange(count)
-    layout = Triplets(order, order + count, order + 2 * count, tuples.mask)
-    distances = distances_lib.pairwise_distances(embeddings)
-    terms = losses_lib.triplet_loss(
-      distances, layout, margin=margin, squared=squared
+
+
+def pretrain_key(state: dict[str, Any]) -> jax.Array:
+  """The key of pre-training step state["dsn_pretrain_step"]."""
+  rng = jax.random.wrap_key_data(state["rng"])
+  stream = jax.random.fold_in(rng, _PRETRAIN_STREAM)
+  return jax.random.fold_in(stream, state["dsn_pretrain_step"])
+
+
+def embedding_variables(state: dict[str, Any], embed=None) -> dict[str, Any]:
+  """{"params", "batch_stats"} of the embedding network in `state`."""
+  embed = state["params"]["embed"] if embed is None else embed
+  return {"params": embed, "batch_stats": state["batch_stats"]}
+
+
+def policy_choices(
+  network: network_lib.DeepSamplerNetwork,
+  dsn_params: Any,
+  key: jax.Array,
+  images: jax.Array,
+  ids: jax.Array,
+  *,
+  kind: str,
+  tuples_per_minibatch: int,
+) -> selection.PoolTriplets | selection.PoolPairs:
+  """One mini-batch of tuples drawn from p(x; η) (line 4 of Algorithm 1).
+
+  Args:
+    network, dsn_params: the DSN and its parameters (differentiable).
+    key: the mini-batch's key: the hand-picked anchors (triplets) or
+      gallery slots (N-pair), and the policy's draws.
+    images: [P·M, H, W, C] pool images, class-major.
+    ids: [P, M] dataset image ids of the pool.
+    kind, tuples_per_minibatch: as in `make_dsp_step`.
+
+  Returns:
+    m triplets or P pairs, fields [m] / [P].
+  """
+  shape = ids.shape
+  features = network.apply(
+    {"params": dsn_params},
+    images,
+    method=network_lib.DeepSamplerNetwork.features_of,
+  ).reshape(*shape, -1)
+  fixed_key, pick_key = jax.random.split(key)
+  pick = selection.sampling_pick(pick_key)
+  if kind == "triplet":
+    classes, slots = selection.hand_picked_anchors(
+      fixed_key, *shape, tuples_per_minibatch
     )
-    return terms, stats
-  similarities = embeddings[:count] @ embeddings[count:].T
-  terms = losses_lib.npair_loss(similarities, scale=npair_scale)
-  return jnp.where(tuples.mask, terms, 0.0), stats
+    return selection.triplet_choices(
+      network, dsn_params, features, ids, classes, slots, pick
+    )
+  gallery = jax.random.randint(fixed_key, (shape[0],), 0, shape[1])
+  return selection.pair_choices(
+    network, dsn_params, features, ids, gallery, pick
+  )
 
 
-def make_dsp_step(
+def make_sampler_updates(
   model,
   network: network_lib.DeepSamplerNetwork,
-  tx: optax.GradientTransformation,
   dsn_tx: optax.GradientTransformation,
   *,
   kind: str = "triplet",
@@ -97,81 +131,49 @@ def make_dsp_step(
   num_minibatches: int = 4,
   tuples_per_minibatch: int = 30,
   margin: float = 0.2,
-  squared: bool = False,
+  squared: bool = True,
   npair_scale: float = 1.0,
   baseline: str = "mean",
   entropy_weight: float = 0.0,
-  reduction: str = "nonzero",
-  update_embedding: bool = True,
+  reward_mode: str = "inference",
 ):
-  """step(state, pool) → (state, metrics), jitted.
+  """Lines 3–9 of Algorithm 1: the K policy mini-batches of one step.
 
-  Args:
-    model: the embedding network (a `dmljax.models.Embedder`).
-    network: the DSN.
-    tx: the embedding optimiser (over state["params"]).
-    dsn_tx: the DSN's optimiser.
-    kind: "triplet" (L = 2 networks) or "npair".
-    pool_classes, pool_images_per_class: P and M of the pool.
-    num_minibatches: K of Algorithm 1.
-    tuples_per_minibatch: m (triplets); N-pair mini-batches hold P pairs.
-    margin: α of the triplet loss.
-    squared: ℓ2² (True) or ℓ2 triplet loss.
-    npair_scale: `losses.npair_loss`'s scale (N-pair).
-    baseline: REINFORCE baseline (`reinforce.BASELINES`).
-    entropy_weight: λ of an optional entropy bonus −λ·mean H(p) in the
-      sampler's loss (not in the paper: 0 by default); it keeps the policy
-      from collapsing onto single candidates.
-    reduction: "nonzero" or "mean" over the batch's terms (θ update).
-    update_embedding: False gives the sampler's pre-training step: the K
-      policy updates only; θ, its optimiser, the batch statistics and
-      state["step"] stay, and state["dsn_pretrain_step"] advances.
+  Arguments as in `make_dsp_step`.
 
   Returns:
-    The step. pool: {"image": [P·M, H, W, C], "label": [P·M], "index":
-    [P·M]}, class-major. metrics: loss, grad_norm, dsn_loss, mean_score,
-    fraction_valid, fraction_nonzero.
+    sampler_updates(state, pool, key) → ((dsn, dsn_opt), (tuples, dsn_loss
+    [K], mean_score [K])), jitted; tuples' fields are [K, m]. The step
+    calls it with `step_key(state)`, so the same call gives its tuples.
   """
-  if kind not in KINDS:
-    raise ValueError(f"Unknown DSP kind {kind!r}; choose one of {KINDS}.")
+  objective.check_choice("DSP kind", kind, KINDS)
+  objective.check_choice("reward mode", reward_mode, objective.REWARD_MODES)
   reinforce.advantages(jnp.zeros(1), jnp.ones(1, bool), baseline)  # Checks.
-  if kind == "triplet":
-    selection.hand_picked_anchors(
-      jax.random.key(0),
-      pool_classes,
-      pool_images_per_class,
-      tuples_per_minibatch,
-    )  # Checks m ≤ P at build time.
   shape = (pool_classes, pool_images_per_class)
-
-  def choose(dsn_params, key, images, ids):
-    features = network.apply(
-      {"params": dsn_params},
-      images,
-      method=network_lib.DeepSamplerNetwork.features_of,
+  if kind == "triplet":  # Checks m ≤ P at build time.
+    selection.hand_picked_anchors(
+      jax.random.key(0), *shape, tuples_per_minibatch
     )
-    features = features.reshape(*shape, -1)
-    fixed_key, pick_key = jax.random.split(key)
-    pick = selection.sampling_pick(pick_key)
-    if kind == "triplet":
-      classes, slots = selection.hand_picked_anchors(
-        fixed_key, *shape, tuples_per_minibatch
-      )
-      return selection.triplet_choices(
-        network, dsn_params, features, ids, classes, slots, pick
-      )
-    gallery = jax.random.randint(fixed_key, (shape[0],), 0, shape[1])
-    return selection.pair_choices(
-      network, dsn_params, features, ids, gallery, pick
-    )
-
-  def variables_of(state, params=None):
-    embed = state["params"]["embed"] if params is None else params
-    return {"params": embed, "batch_stats": state["batch_stats"]}
+  choose = functools.partial(
+    policy_choices,
+    network,
+    kind=kind,
+    tuples_per_minibatch=tuples_per_minibatch,
+  )
+  scores_of = functools.partial(
+    objective.reward_scores,
+    model,
+    reward_mode=reward_mode,
+    margin=margin,
+    squared=squared,
+    npair_scale=npair_scale,
+  )
 
   @jax.jit
-  def sampler_updates(state, images, ids, key):
-    """The K policy mini-batches: tuples [K, ...] and the new DSN state."""
+  def sampler_updates(state, pool, key):
+    images = pool["image"]
+    ids = jnp.asarray(pool["index"]).reshape(shape)
+    variables = embedding_variables(state)
 
     def minibatch(carry, key):
       dsn_params, dsn_opt = carry
@@ -179,16 +181,7 @@ def make_dsp_step(
       def surrogate(dsn_params):
         tuples = choose(dsn_params, key, images, ids)
         fixed = jax.tree.map(jax.lax.stop_gradient, tuples)
-        scores, _ = tuple_terms(
-          model,
-          variables_of(state),
-          images,
-          fixed,
-          margin=margin,
-          squared=squared,
-          npair_scale=npair_scale,
-        )
-        scores = jax.lax.stop_gradient(scores)
+        scores = scores_of(variables, images, fixed)
         centred = reinforce.advantages(scores, fixed.mask, baseline)
         loss = reinforce.reinforce_loss(tuples.log_prob, centred, fixed.mask)
         loss -= entropy_weight * reductions.masked_mean(
@@ -206,15 +199,91 @@ def make_dsp_step(
     carry = (state["dsn"], state["dsn_opt"])
     return jax.lax.scan(minibatch, carry, keys)
 
+  return sampler_updates
+
+
+def make_dsp_step(
+  model,
+  network: network_lib.DeepSamplerNetwork,
+  tx: optax.GradientTransformation,
+  dsn_tx: optax.GradientTransformation,
+  *,
+  kind: str = "triplet",
+  pool_classes: int,
+  pool_images_per_class: int,
+  num_minibatches: int = 4,
+  tuples_per_minibatch: int = 30,
+  margin: float = 0.2,
+  squared: bool = True,
+  npair_scale: float = 1.0,
+  baseline: str = "mean",
+  entropy_weight: float = 0.0,
+  reward_mode: str = "inference",
+  reduction: str = "nonzero",
+  update_embedding: bool = True,
+):
+  """step(state, pool) → (state, metrics), jitted.
+
+  Args:
+    model: the embedding network (a `dmljax.models.Embedder`).
+    network: the DSN.
+    tx: the embedding optimiser (over state["params"]).
+    dsn_tx: the DSN's optimiser.
+    kind: "triplet" (L = 2 networks) or "npair".
+    pool_classes, pool_images_per_class: P and M of the pool.
+    num_minibatches: K of Algorithm 1.
+    tuples_per_minibatch: m (triplets); N-pair mini-batches hold P pairs.
+    margin: α of the triplet loss.
+    squared: the triplet loss on squared ℓ2 distances, eq. 2 (True), or on
+      ℓ2 distances.
+    npair_scale: `losses.npair_loss`'s scale (N-pair).
+    baseline: REINFORCE baseline (`reinforce.BASELINES`).
+    entropy_weight: λ of an optional entropy bonus −λ·mean H(p) in the
+      sampler's loss (not in the paper: 0 by default); it keeps the policy
+      from collapsing onto single candidates.
+    reward_mode: BatchNorm of the embedding network when the sampler's
+      scores are computed: "inference" (running averages: a tuple's score
+      does not depend on the tuples drawn with it) or "train" (the chosen
+      images' batch statistics). The θ update always trains.
+    reduction: "nonzero" or "mean" over the batch's terms (θ update; see
+      `objective.embedding_loss` for how the K mini-batches combine).
+    update_embedding: False gives the sampler's pre-training step: the K
+      policy updates only; θ, its optimiser, the batch statistics and
+      state["step"] stay, and state["dsn_pretrain_step"] advances.
+
+  Returns:
+    The step. pool: {"image": [P·M, H, W, C], "label": [P·M], "index":
+    [P·M]}, class-major. metrics: loss, grad_norm, dsn_loss, mean_score,
+    fraction_valid, fraction_nonzero (pre-training: dsn_loss, mean_score).
+  """
+  objective.check_choice("reduction", reduction, objective.REDUCTIONS)
+  loss_options = dict(margin=margin, squared=squared, npair_scale=npair_scale)
+  sampler_updates = make_sampler_updates(
+    model,
+    network,
+    dsn_tx,
+    kind=kind,
+    pool_classes=pool_classes,
+    pool_images_per_class=pool_images_per_class,
+    num_minibatches=num_minibatches,
+    tuples_per_minibatch=tuples_per_minibatch,
+    baseline=baseline,
+    entropy_weight=entropy_weight,
+    reward_mode=reward_mode,
+    **loss_options,
+  )
+  if not update_embedding:
+    return _pretrain_step(sampler_updates)
+  return _embedding_step(
+    model, tx, sampler_updates, reduction=reduction, **loss_options
+  )
+
+
+def _pretrain_step(sampler_updates):
   @jax.jit
   def pretrain_step(state, pool):
-    rng = jax.random.wrap_key_data(state["rng"])
-    key = jax.random.fold_in(
-      jax.random.fold_in(rng, _PRETRAIN_STREAM), state["dsn_pretrain_step"]
-    )
-    ids = jnp.asarray(pool["index"]).reshape(shape)
     (dsn, dsn_opt), (_, dsn_losses, scores) = sampler_updates(
-      state, pool["image"], ids, key
+      state, pool, pretrain_key(state)
     )
     new = dict(
       state,
@@ -225,42 +294,33 @@ def make_dsp_step(
     metrics = {"dsn_loss": jnp.mean(dsn_losses), "mean_score": jnp.mean(scores)}
     return new, metrics
 
+  return pretrain_step
+
+
+def _embedding_step(model, tx, sampler_updates, *, reduction, **loss_options):
+  """Algorithm 1's step: the K policy updates, then θ's (line 10)."""
+
   @jax.jit
   def step(state, pool):
-    key = jax.random.fold_in(
-      jax.random.wrap_key_data(state["rng"]), state["step"]
-    )
-    images = pool["image"]
-    ids = jnp.asarray(pool["index"]).reshape(shape)
     (dsn, dsn_opt), (tuples, dsn_losses, scores) = sampler_updates(
-      state, images, ids, key
+      state, pool, step_key(state)
     )
-    batch = jax.tree.map(lambda x: x.reshape(-1), tuples)
 
     def loss_fn(params):
-      terms, stats = tuple_terms(
-        model,
-        variables_of(state, params["embed"]),
-        images,
-        batch,
-        margin=margin,
-        squared=squared,
-        npair_scale=npair_scale,
+      variables = embedding_variables(state, params["embed"])
+      embeddings, stats = objective.embed_chosen(
+        model, variables, pool["image"], tuples, train=True
       )
-      if reduction == "nonzero":
-        loss = reductions.nonzero_mean(terms, mask=batch.mask)
-      else:
-        loss = reductions.masked_mean(terms, batch.mask)
+      terms = objective.tuple_terms(embeddings, tuples, **loss_options)
+      loss = objective.embedding_loss(terms, tuples.mask, reduction=reduction)
       return loss, (terms, stats)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (terms, batch_stats)), grads = grad_fn(state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.tree.norm(grads)
     new = dict(
       state,
-      params=params,
+      params=optax.apply_updates(state["params"], updates),
       batch_stats=batch_stats,
       opt=opt,
       dsn=dsn,
@@ -268,10 +328,10 @@ def make_dsp_step(
       step=state["step"] + 1,
     )
     new = optim.skip_nonfinite(new, state, loss, grads)
-    valid = batch.mask
+    valid = tuples.mask
     metrics = {
       "loss": loss,
-      "grad_norm": grad_norm,
+      "grad_norm": optax.tree.norm(grads),
       "dsn_loss": jnp.mean(dsn_losses),
       "mean_score": jnp.mean(scores),
       "fraction_valid": jnp.mean(valid),
@@ -280,7 +340,7 @@ def make_dsp_step(
     }
     return new, metrics
 
-  return step if update_embedding else pretrain_step
+  return step
 
 
 def add_sampler_state(

@@ -7,6 +7,14 @@ and optimiser state) and the step (Algorithm 1, `algorithm.make_dsp_step`).
 With `dsp.pretrain_steps` > 0 the sampler is first pre-trained against the
 initial embedding network (`pretrain_sampler`), on pools of its own stream.
 DE-DSP runs on one device: its step is not data-parallel yet.
+
+Losses: dsp.kind "triplet" trains with eq. 2, the squared ℓ2 triplet loss
+[D_ap² − D_an² + α]₊ (loss.name = triplet_l2sq); loss.name = triplet_l2
+gives the ℓ2 form [D_ap − D_an + α]₊ as an option. dsp.kind "npair" trains
+with eq. 9 within each of the K mini-batches (loss.name = npair). The
+sampler's scores use the embedding network in dsp.reward_mode
+("inference": BatchNorm's running averages, the default; "train": the
+chosen images' batch statistics), see `objective`.
 """
 
 from typing import Any
@@ -82,6 +90,8 @@ def setup(
     baseline=config.dsp.baseline,
     entropy_weight=config.dsp.entropy_weight,
     reduction=config.loss.reduction,
+    # Until the configs declare dsp.reward_mode; then config.dsp.reward_mode.
+    reward_mode=config.dsp.get("reward_mode", "inference"),
   )
   step = algorithm.make_dsp_step(model, network, tx, dsn_tx, **options)
   pretrain_step = algorithm.make_dsp_step(
