@@ -28,6 +28,7 @@ with a `schema`.
 import difflib
 import math
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -292,6 +293,26 @@ def _unknown_keys(fields: dict[str, Any], schema) -> list[str]:
   return problems
 
 
+def _data_dir_problems(data) -> list[str]:
+  """A missing data directory, with the reader's own how-to-get text."""
+  # pylint: disable=import-outside-toplevel
+  from dmljax.data import folder
+  from dmljax.data import readers
+
+  if data.name == "folder":
+    how = folder.LAYOUT
+  else:
+    how = sys.modules[readers.READERS[data.name].__module__].HOW_TO_GET
+  if not data.data_dir:
+    return [
+      f"{data.name}: no data directory given. Pass --data_dir=DIR (or "
+      f"--config.data.data_dir=DIR). {how}"
+    ]
+  if not os.path.exists(data.data_dir):
+    return [f"{data.name}: data_dir {data.data_dir} does not exist. {how}"]
+  return []
+
+
 def _combination_problems(config) -> list[str]:
   """Problems between fields (run only once every field is valid)."""
   # pylint: disable=import-outside-toplevel
@@ -313,17 +334,8 @@ def _combination_problems(config) -> list[str]:
       f"data.image_size {data.image_size} (the crop) must be at most "
       f"data.resize_size {data.resize_size} (the scaled image)"
     )
-  if file_backed and data.data_source == "files" and not data.data_dir:
-    problems.append(
-      f"data.data_dir is empty: dataset {data.name!r} reads image files; "
-      "pass --data_dir=DIR (or a .csv/.tsv for 'folder')"
-    )
-  elif file_backed and data.data_source == "files":
-    if not os.path.exists(data.data_dir):
-      problems.append(
-        f"data.data_dir {data.data_dir!r} does not exist: pass the folder "
-        "(or .csv/.tsv for 'folder') that holds the images"
-      )
+  if file_backed and data.data_source == "files":
+    problems += _data_dir_problems(data)
   if dsp:
     try:
       dsp_training.check_config(config)
@@ -376,4 +388,5 @@ def check_config(config: ml_collections.ConfigDict, schema: Any = None):
   """
   problems = problems_of(config, schema)
   if problems:
-    raise ConfigError("Invalid config: " + "; ".join(problems) + ".")
+    listed = "; ".join(problem.rstrip(".") for problem in problems)
+    raise ConfigError(f"Invalid config: {listed}.")

@@ -52,7 +52,7 @@ IMAGE_EXTENSIONS = (
   ".tiff",
 )
 SPLIT_BY = ("classes", "instances")
-_LAYOUT = (
+LAYOUT = (
   "Give --data_dir=DIR with one sub-folder of images per class "
   "(DIR/<class>/<image>), or a .csv/.tsv file with the header "
   "path,label[,split]."
@@ -101,7 +101,7 @@ def read_folder(data_dir: str) -> Listing:
       folder holds no image, or an image cannot be read.
   """
   if not os.path.isdir(data_dir):
-    raise ValueError(f"{data_dir} is not a folder. {_LAYOUT}")
+    raise ValueError(f"{data_dir} is not a folder. {LAYOUT}")
   data_dir = os.path.abspath(data_dir)
   names = sorted(
     n
@@ -109,7 +109,7 @@ def read_folder(data_dir: str) -> Listing:
     if os.path.isdir(os.path.join(data_dir, n)) and not n.startswith(".")
   )
   if not names:
-    raise ValueError(f"{data_dir} has no class sub-folders. {_LAYOUT}")
+    raise ValueError(f"{data_dir} has no class sub-folders. {LAYOUT}")
   paths, classes, empty = [], [], []
   for name in names:
     folder = os.path.join(data_dir, name)
@@ -160,7 +160,7 @@ def read_csv(path: str) -> Listing:
       or unreadable.
   """
   if not os.path.isfile(path):
-    raise ValueError(f"{path} does not exist. {_LAYOUT}")
+    raise ValueError(f"{path} does not exist. {LAYOUT}")
   delimiter = "\t" if path.lower().endswith(".tsv") else ","
   base = os.path.dirname(os.path.abspath(path))
   # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark.
@@ -223,7 +223,7 @@ def read_csv(path: str) -> Listing:
 def read_listing(data_dir: str) -> Listing:
   """A folder (`read_folder`) or a .csv/.tsv file (`read_csv`)."""
   if not data_dir:
-    raise ValueError(f"No data given. {_LAYOUT}")
+    raise ValueError(f"No data given. {LAYOUT}")
   if data_dir.lower().endswith((".csv", ".tsv")):
     return read_csv(data_dir)
   return read_folder(data_dir)
