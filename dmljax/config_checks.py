@@ -167,6 +167,7 @@ def _field_checks() -> dict[str, Check]:
   from dmljax.data import images
   from dmljax.data import readers
   from dmljax.dsp import algorithm
+  from dmljax.dsp import objective
   from dmljax.dsp import reinforce
   from dmljax.dsp import training as dsp_training
   from dmljax.models import embedder
@@ -253,6 +254,7 @@ def _field_checks() -> dict[str, Check]:
     "dsp.features": positive,
     "dsp.downsample": positive,
     "dsp.pretrain_steps": count,
+    "dsp.reward_mode": _one_of(objective.REWARD_MODES),
     "parallel.num_devices": count,
     "parallel.mining": _one_of(parallel.MINING),
   }

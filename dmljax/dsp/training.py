@@ -90,8 +90,7 @@ def setup(
     baseline=config.dsp.baseline,
     entropy_weight=config.dsp.entropy_weight,
     reduction=config.loss.reduction,
-    # Until the configs declare dsp.reward_mode; then config.dsp.reward_mode.
-    reward_mode=config.dsp.get("reward_mode", "inference"),
+    reward_mode=config.dsp.reward_mode,
   )
   step = algorithm.make_dsp_step(model, network, tx, dsn_tx, **options)
   pretrain_step = algorithm.make_dsp_step(

@@ -299,6 +299,10 @@ def base_config(
     features=64,
     downsample=2,
     pretrain_steps=0,  # Policy-only steps before step 1 (Algorithm 1).
+    # BatchNorm when scoring tuples for REINFORCE: "inference" (running
+    # averages: a tuple's score is its own) or "train" (batch statistics of
+    # the mini-batch: biased, the old behaviour). dmljax/dsp/objective.py.
+    reward_mode="inference",
   )
   c.parallel = dict(
     num_devices=0,  # 0: all devices the batch splits over (dmljax.parallel).
