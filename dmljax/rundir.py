@@ -28,7 +28,8 @@ compares its config with config.json field by field:
   summary.json). It may not shrink;
 - every other field must be equal, and so must the set of fields (a field
   the run's config lacks was added to dmljax after the run started, and its
-  default may not be what the run did).
+  default may not be what the run did), except dsp.* in a run whose
+  sampler is not DE-DSP's (it reads none of them).
 
 Anything else is refused with one line naming the fields, before anything
 in the directory is written: train that config in a new --workdir. A workdir
@@ -71,6 +72,7 @@ FREE_FIELDS = (
 )
 FREE_SECTIONS = ("ckpt.", "eval.")
 EXTENDABLE = "train.num_steps"
+DSP_SAMPLER = "dsp"  # dsp.* matters only to runs with this sampler.
 _ABSENT = "<absent>"
 _TORN_LOCK_AGE_S = 30.0
 
@@ -114,16 +116,21 @@ def _free(name: str) -> bool:
   return name in FREE_FIELDS or name.startswith(FREE_SECTIONS)
 
 
-def refused_changes(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple]:
+def refused_changes(
+  changes: dict[str, tuple[Any, Any]], *, uses_dsp: bool = False
+) -> dict[str, tuple]:
   """The changes a resume may not make (see the module docstring).
 
+  `uses_dsp`: the run's sampler is DE-DSP's; otherwise dsp.* means nothing
+  to it and may change.
+
   >>> refused_changes({"train.num_steps": (300, 600), "eval.ks": (1, 2),
-  ...                  "data.batch_size": (25, 15)})
+  ...                  "data.batch_size": (25, 15), "dsp.features": (8, 4)})
   {'data.batch_size': (25, 15)}
   """
   refused = {}
   for name, (old, new) in changes.items():
-    if _free(name):
+    if _free(name) or (name.startswith("dsp.") and not uses_dsp):
       continue
     grows = (
       name == EXTENDABLE
@@ -137,8 +144,19 @@ def refused_changes(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple]:
 
 
 def _show(value: Any) -> str:
-  text = value if value == _ABSENT else json.dumps(value, default=str)
+  if value == _ABSENT:
+    return "(absent)"
+  text = json.dumps(value, default=str)
   return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(name: str, old: Any, new: Any) -> str:
+  text = f"{name} {_show(old)} → {_show(new)}"
+  if name == EXTENDABLE:
+    text += " (a run is extended, never shortened)"
+  elif old == _ABSENT:
+    text += " (added to dmljax after the run started)"
+  return text
 
 
 def recorded_config(workdir: str) -> dict[str, Any] | None:
@@ -177,13 +195,10 @@ def check_resume(
     )
     return step, {}
   changes = config_changes(recorded, _as_json(config))
-  refused = refused_changes(changes)
+  samplers = {recorded.get("sampler", {}).get("name"), config.sampler.name}
+  refused = refused_changes(changes, uses_dsp=DSP_SAMPLER in samplers)
   if refused:
-    listed = ", ".join(
-      f"{name} {_show(old)} → {_show(new)}"
-      + (" (a run is extended, never shortened)" if name == EXTENDABLE else "")
-      for name, (old, new) in refused.items()
-    )
+    listed = ", ".join(_describe(n, *change) for n, change in refused.items())
     raise RunDirError(
       f"{workdir} holds a run (checkpoint at step {step}) with another "
       f"config: {listed}. A resume may raise train.num_steps and change only "

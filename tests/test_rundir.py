@@ -65,7 +65,6 @@ def run(tmp_path):
     ({"loss__margin": 0.3}, "loss.margin 0.2 → 0.3"),
     ({"optim__learning_rate": 0.01}, "optim.learning_rate"),
     ({"beta__beta0": 1.0}, "beta.beta0"),
-    ({"dsp__pool_classes": 3}, "dsp.pool_classes"),
     ({"parallel__mining": "local"}, "parallel.mining"),
   ],
 )
@@ -90,6 +89,36 @@ def test_seed_and_every_refused_field_are_named_together(run):
       pass
   assert "model.embedding_dim 16 → 32" in str(error.value)
   assert "seed 0 → 3" in str(error.value)
+
+
+def _edit_recorded(workdir, edit):
+  path = os.path.join(workdir, "config.json")
+  recorded = json.loads(open(path).read())
+  edit(recorded)
+  with open(path, "w") as f:
+    json.dump(recorded, f)
+
+
+def test_a_field_the_run_predates_is_refused_saying_so(run):
+  _edit_recorded(run, lambda c: c["loss"].pop("npair_scale"))
+  with pytest.raises(rundir.RunDirError) as error:
+    with rundir.claim(run, _config()):
+      pass
+  assert "loss.npair_scale (absent) → 1.0 (added to dmljax after" in str(
+    error.value
+  )
+
+
+def test_dsp_fields_matter_only_to_a_dsp_run(run):
+  _edit_recorded(run, lambda c: c["dsp"].pop("features"))  # A field added,
+  with rundir.claim(run, _config(dsp__pool_classes=3)):  # one changed: fine.
+    pass
+  _edit_recorded(run, lambda c: c["sampler"].update(name="dsp"))
+  dsp = _config(dsp__pool_classes=4)  # The record now says 3.
+  dsp.sampler.name = "dsp"
+  with pytest.raises(rundir.RunDirError, match="dsp.pool_classes"):
+    with rundir.claim(run, dsp):
+      pass
 
 
 def test_free_fields_and_a_longer_run_are_allowed_and_recorded(run):
