@@ -45,6 +45,13 @@ def main(argv):
   export.check_output_path(_OUT.value)
   if _BATCH_SIZE.value < 1:
     raise ValueError(f"--batch_size must be ≥ 1, got {_BATCH_SIZE.value}.")
+  recorded = export.read_run_config(_WORKDIR.value)
+  if not recorded.data.resize_size:  # Glyphs, digits: arrays, not files.
+    raise ValueError(
+      f"{_WORKDIR.value} trained on the embedded {recorded.data.name!r} "
+      "arrays, not on image files: experiments.embed exports runs of "
+      "experiments.folder or a benchmark driver."
+    )
   model, variables, step, config = export.load_model(
     _WORKDIR.value, _STEP.value
   )

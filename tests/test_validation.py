@@ -15,6 +15,7 @@ import pytest
 
 from dmljax import config_checks
 from dmljax import export
+from dmljax import rundir
 from dmljax import train
 from experiments import _errors
 from experiments.configs import common
@@ -192,6 +193,19 @@ def test_embed_checks_out_before_loading_anything(tmp_path):
     module="experiments.embed",
   )
   _one_line_error(result, "--out must end in .npz or .npy")
+
+
+def test_embed_refuses_a_run_on_embedded_arrays(tmp_path):
+  workdir = str(tmp_path / "run")
+  with rundir.claim(workdir, _config()):  # A digits run's config.json.
+    pass
+  result = _driver(
+    f"--workdir={workdir}",
+    f"--data_dir={tmp_path}",
+    f"--out={tmp_path / 'emb.npz'}",
+    module="experiments.embed",
+  )
+  _one_line_error(result, "trained on the embedded 'digits' arrays")
 
 
 def test_query_checks_the_image_before_the_model(tmp_path):
