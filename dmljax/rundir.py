@@ -8,8 +8,7 @@ A training run owns its `--workdir`. Besides checkpoints and metrics it holds
   starts.jsonl  one line per accepted start: {"time", "host", "pid",
                 "step" (the checkpoint it resumed from, 0 for a fresh
                 start), "changes" {field: [old, new]}}.
-  run.lock      {"pid", "host", "started", "process_start"} while a process
-                trains in it.
+  run.lock      while a process trains in it (`dmljax.runlock`).
 
 The resume rule. A checkpoint means one run's network (model.*), its data
 stream (data.*: dataset, files, batch, P × K, image sizes, num_workers, since
@@ -38,12 +37,8 @@ starts there afresh. A run from before this rule (a checkpoint, no
 config.json) falls back on summary.json's config, else resumes unchecked
 with a warning.
 
-The lock. One process trains in a workdir at a time: a second one is
-refused at start naming the holder. A lock whose process is gone (same host,
-no such pid, or the pid now belongs to a process started later) is stale:
-it is removed with a warning. A lock from another host cannot be checked
-from here; the message says which file to delete if that run is gone. In a
-multi-host run process 0 holds the lock and writes; the others only check.
+The lock (`dmljax.runlock`): one process trains in a workdir at a time; in
+a multi-host run process 0 holds it and writes, the others only check.
 """
 
 import contextlib
@@ -52,17 +47,16 @@ import json
 import os
 import socket
 import sys
-import time
 from typing import Any
 
 import ml_collections
 
 from dmljax import checkpoint as checkpoint_lib
 from dmljax import config_checks
+from dmljax import runlock
 
 IDENTITY_FILE = "config.json"
 STARTS_FILE = "starts.jsonl"
-LOCK_FILE = "run.lock"
 FREE_FIELDS = (
   "train.log_every",
   "train.eval_every",
@@ -74,11 +68,8 @@ FREE_SECTIONS = ("ckpt.", "eval.")
 EXTENDABLE = "train.num_steps"
 DSP_SAMPLER = "dsp"  # dsp.* matters only to runs with this sampler.
 _ABSENT = "<absent>"
-_TORN_LOCK_AGE_S = 30.0
-
-
-class RunDirError(ValueError):
-  """The workdir cannot take this start (the message says why, what to do)."""
+# The error of a refused start: the lock's and the resume rule's alike.
+RunDirError = runlock.RunDirError
 
 
 def _comparable(value: Any) -> Any:
@@ -237,113 +228,6 @@ def _write_start(workdir, config, step, changes) -> None:
     f.write(json.dumps(record, default=str) + "\n")
 
 
-# ---------------------------------------------------------------- the lock
-
-
-def _process_start(pid: int) -> str | None:
-  """The start time of process `pid` (Linux /proc), to tell reused pids."""
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[19]
-  except (OSError, IndexError):
-    return None
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True  # Another user's process.
-  return True
-
-
-def _holder(path: str) -> dict[str, Any] | None:
-  """The lock's content, or None if it is empty or torn."""
-  try:
-    with open(path) as f:
-      holder = json.load(f)
-  except FileNotFoundError:
-    raise
-  except (OSError, ValueError):
-    return None
-  return holder if isinstance(holder, dict) and "pid" in holder else None
-
-
-def _stale(path: str, holder: dict[str, Any] | None) -> bool:
-  if holder is None:  # Torn: its writer died within a few bytes.
-    return time.time() - os.path.getmtime(path) > _TORN_LOCK_AGE_S
-  if holder.get("host") != socket.gethostname():
-    return False
-  pid = int(holder["pid"])
-  if pid == os.getpid() or not _alive(pid):
-    return True
-  started = holder.get("process_start")
-  return started is not None and _process_start(pid) not in (None, started)
-
-
-def acquire_lock(workdir: str) -> str:
-  """Takes `<workdir>/run.lock`; returns its path. RunDirError if held."""
-  path = os.path.join(workdir, LOCK_FILE)
-  content = json.dumps(
-    {
-      "pid": os.getpid(),
-      "host": socket.gethostname(),
-      "started": datetime.datetime.now().isoformat(timespec="seconds"),
-      "process_start": _process_start(os.getpid()),
-    }
-  )
-  for _ in range(3):
-    try:
-      descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      try:
-        holder = _holder(path)
-      except FileNotFoundError:
-        continue  # Released meanwhile: try again.
-      if not _stale(path, holder):
-        who = (
-          "another process that is creating it now"
-          if holder is None
-          else f"pid {holder['pid']} on {holder.get('host')} (since "
-          f"{holder.get('started')})"
-        )
-        raise RunDirError(
-          f"{workdir} is in use by {who}: wait for that run to end or use "
-          f"another --workdir. If that process is gone, delete {path}."
-        ) from None
-      print(
-        f"warning: removed the stale lock {path} of "
-        + (
-          "a process that died while taking it"
-          if holder is None
-          else f"pid {holder['pid']} (no longer running)"
-        ),
-        file=sys.stderr,
-      )
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-      continue
-    with os.fdopen(descriptor, "w") as f:
-      f.write(content)
-    return path
-  raise RunDirError(
-    f"Could not take the lock {path} (it keeps changing): is another run "
-    "starting in this --workdir?"
-  )
-
-
-def release_lock(path: str) -> None:
-  """Removes the lock at `path` if this process holds it."""
-  with contextlib.suppress(FileNotFoundError):
-    holder = _holder(path)
-    if holder and holder["pid"] == os.getpid():
-      holder_host = holder.get("host")
-      if holder_host == socket.gethostname():
-        os.remove(path)
-
-
 @contextlib.contextmanager
 def claim(
   workdir: str, config: ml_collections.ConfigDict, *, primary: bool = True
@@ -376,7 +260,7 @@ def claim(
         f"The workdir {workdir!r} is not writable. Choose a --workdir you "
         "can write to."
       )
-    lock = acquire_lock(workdir)
+    lock = runlock.acquire_lock(workdir)
   try:
     step, changes = check_resume(workdir, config)
     if primary:
@@ -389,7 +273,7 @@ def claim(
       raise
   finally:
     if lock is not None:
-      release_lock(lock)
+      runlock.release_lock(lock)
     if created and primary and os.path.isdir(workdir):
       with contextlib.suppress(OSError):
         os.rmdir(workdir)  # Only if empty: a start that wrote nothing.
@@ -397,7 +281,7 @@ def claim(
 
 def _undo_fresh_start(workdir: str, created: bool) -> None:
   """Removes the records of a fresh start that got no further."""
-  ours = {IDENTITY_FILE, STARTS_FILE, LOCK_FILE}
+  ours = {IDENTITY_FILE, STARTS_FILE, runlock.LOCK_FILE}
   if not set(os.listdir(workdir)) <= ours:
     return  # It wrote metrics or checkpoints: keep them to look at.
   names = (IDENTITY_FILE, STARTS_FILE) if created else (STARTS_FILE,)

@@ -18,6 +18,7 @@ from dmljax import checkpoint as checkpoint_lib
 from dmljax import export
 from dmljax import reporting
 from dmljax import rundir
+from dmljax import runlock
 from dmljax import train
 from experiments.configs import methods
 
@@ -180,7 +181,7 @@ def test_a_run_with_no_record_resumes_with_a_warning(run, capsys):
 
 def _write_lock(workdir, **holder):
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, rundir.LOCK_FILE), "w") as f:
+  with open(os.path.join(workdir, runlock.LOCK_FILE), "w") as f:
     json.dump(holder, f)
 
 
@@ -195,7 +196,7 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
       pid=holder.pid,
       host=socket.gethostname(),
       started="now",
-      process_start=rundir._process_start(holder.pid),
+      process_start=runlock._process_start(holder.pid),
     )
     with pytest.raises(rundir.RunDirError, match=f"in use by pid {holder.pid}"):
       with rundir.claim(workdir, _config()):
@@ -203,16 +204,16 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
   finally:
     holder.kill()
     holder.wait()
-  assert os.path.exists(os.path.join(workdir, rundir.LOCK_FILE))
+  assert os.path.exists(os.path.join(workdir, runlock.LOCK_FILE))
 
 
 def test_the_lock_is_held_during_the_run_and_released_after(tmp_path):
   workdir = str(tmp_path / "run")
   second = (
-    "import sys; from dmljax import rundir; rundir.acquire_lock(sys.argv[1])"
+    "import sys; from dmljax import runlock; runlock.acquire_lock(sys.argv[1])"
   )
   with rundir.claim(workdir, _config()):
-    holder = json.load(open(os.path.join(workdir, rundir.LOCK_FILE)))
+    holder = json.load(open(os.path.join(workdir, runlock.LOCK_FILE)))
     assert holder["pid"] == os.getpid()
     result = subprocess.run(
       [sys.executable, "-c", second, workdir],
@@ -223,7 +224,7 @@ def test_the_lock_is_held_during_the_run_and_released_after(tmp_path):
     )
     assert result.returncode != 0
     assert f"in use by pid {os.getpid()}" in result.stderr
-  assert not os.path.exists(os.path.join(workdir, rundir.LOCK_FILE))
+  assert not os.path.exists(os.path.join(workdir, runlock.LOCK_FILE))
 
 
 def test_a_stale_lock_is_removed_with_a_warning(tmp_path, capsys):
@@ -260,14 +261,14 @@ def test_a_lock_from_another_host_is_refused(tmp_path):
 def test_a_torn_lock_is_stale_once_old(tmp_path):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
-  lock = os.path.join(workdir, rundir.LOCK_FILE)
+  lock = os.path.join(workdir, runlock.LOCK_FILE)
   with open(lock, "w") as f:
     f.write('{"pi')
   with pytest.raises(rundir.RunDirError, match="creating it now"):
-    rundir.acquire_lock(workdir)
+    runlock.acquire_lock(workdir)
   old = time.time() - 3600
   os.utime(lock, (old, old))
-  rundir.release_lock(rundir.acquire_lock(workdir))
+  runlock.release_lock(runlock.acquire_lock(workdir))
 
 
 # ------------------------------------------------------- metrics.jsonl
