@@ -28,19 +28,8 @@ def _config(dataset="digits"):
   return methods.get_config(f"method=margin_dw,dataset={dataset},smoke")
 
 
-# CARS196 and CUB-200's default batch of 128 is not a multiple of K = 5:
-# pk_batches has always refused it; now it is refused at start.
-_BATCH_NOT_PK = pytest.mark.xfail(
-  strict=True, reason="default batch 128 is not P × 5"
-)
 _SHIPPED = [
-  pytest.param(
-    name,
-    dataset,
-    marks=[_BATCH_NOT_PK]
-    if dataset in ("cars196", "cub200") and not name.startswith("dsp")
-    else [],
-  )
+  (name, dataset)
   for name in sorted(methods.METHODS)
   for dataset in sorted(common.DATASETS)
 ]
