@@ -130,7 +130,11 @@ def test_train_steps_match_on_any_device_count(num_devices):
     plain_state, plain_metrics = plain_step(plain_state, _batch(seed))
     state, metrics = step(state, parallel.shard_batch(_batch(seed), mesh))
   state, metrics = parallel.to_host((state, metrics))
-  assert _relative_error(state["params"], plain_state["params"]) < 1e-5
+  # Adam divides by √v: a coordinate whose gradient is round-off on both
+  # sides (summed in another order over devices) can step by a good part of
+  # lr either way, so parameters agree to ~1e-4, not to round-off (8e-5 on
+  # 2 devices with jax 0.10.2; the loss and BN statistics stay at 1e-5).
+  assert _relative_error(state["params"], plain_state["params"]) < 2e-4
   assert _relative_error(state["batch_stats"], plain_state["batch_stats"]) < (
     1e-5
   )
