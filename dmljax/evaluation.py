@@ -19,20 +19,15 @@ protocol follows the split (`dmljax.data.FileSplit`):
   threshold chosen on the other nine (`verification_accuracy`).
 """
 
-import grain
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from dmljax import data as data_lib
 from dmljax import metrics as metrics_lib
 from dmljax import parallel
-
-# Until `data.eval_batches` takes shard_index / shard_count as `pk_batches`
-# does, a process's batches are built here from the same batch makers.
-from dmljax.data import pk as _pk
-from dmljax.data.files import FileSplit
 
 
 def make_embed_fn(model):
@@ -43,16 +38,6 @@ def make_embed_fn(model):
     return model.apply(variables, images, train=False)
 
   return embed
-
-
-def _process_batches(split, numbers, batch_size: int, num_workers: int):
-  """The evaluation batches `numbers` of `split` (see `data.eval_batches`)."""
-  if isinstance(split, FileSplit):
-    make_batch = _pk._FileEvalBatch(split, batch_size)
-  else:
-    make_batch = _pk._EvalBatch(split.images, split.labels, batch_size)
-  dataset = grain.MapDataset.source(list(numbers)).map(make_batch)
-  return _pk._iterable(dataset, num_workers)
 
 
 def embed_share(
@@ -106,7 +91,14 @@ def embed_share(
   )
   rows = NamedSharding(mesh, PartitionSpec(parallel.DATA_AXIS))
   indices, chunks, pending = [], [], None
-  for host in _process_batches(split, numbers, batch, num_workers):
+  batches = data_lib.eval_batches(
+    split,
+    batch_size=batch,
+    num_workers=num_workers,
+    shard_index=process_index,
+    shard_count=process_count,
+  )
+  for host in batches:
     out = embed_fn(variables, jax.device_put(host["image"], rows))
     if pending is not None:  # Fetch the previous batch while this one runs.
       chunks.append(np.asarray(pending, np.float32))

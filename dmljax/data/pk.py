@@ -378,17 +378,25 @@ class _FileEvalBatch:
 
 
 def eval_batches(
-  split: Split | FileSplit, *, batch_size: int, num_workers: int = 0
+  split: Split | FileSplit,
+  *,
+  batch_size: int,
+  num_workers: int = 0,
+  shard_index: int = 0,
+  shard_count: int = 1,
 ) -> grain.IterDataset:
   """Every image of a split once, in order, in fixed-size batches.
 
   The last batch is padded to B; its padding has mask False, a zero image,
-  label -1 and index -1. There are ⌈N / B⌉ batches; no augmentation.
+  label -1 and index -1. There are G = ⌈N / B⌉ batches; no augmentation.
+  Shard s of S (a process of a multi-host run) gets batches s, s + S, ...
 
   Args:
     split: the images and labels.
     batch_size: B.
     num_workers: grain worker processes; 0 makes batches in this process.
+    shard_index: s.
+    shard_count: S.
 
   Returns:
     A grain dataset of dicts: "image" float32 [B, H, W, 1] in [0, 1] (a
@@ -402,5 +410,5 @@ def eval_batches(
     make_batch = _FileEvalBatch(split, batch_size)
   else:
     make_batch = _EvalBatch(split.images, split.labels, batch_size)
-  dataset = grain.MapDataset.range(num_batches).map(make_batch)
-  return _iterable(dataset, num_workers)
+  numbers = grain.MapDataset.range(shard_index, num_batches, shard_count)
+  return _iterable(numbers.map(make_batch), num_workers)
