@@ -11,8 +11,10 @@ average pooling and a Dense + ReLU layer give [B, F] features, which
 `dmljax.models.Embedder` projects to the embedding.
 
 The default widths (16, 32, 64, 128) put most channels where the map is
-small: forward + backward of 120 images of 32 × 32 takes ~0.4 s on two
-(shared) CPU cores, where (32, 64, 128) took ~1.2 s for no more depth.
+small. The pool and the 3 × 3 convolutions use `cpu_ops`' formulations,
+whose gradients XLA:CPU computes faster (the same functions; on 2 cores the
+glyphs step went from 167 to 125 ms with them and two CPU devices, see
+`experiments.bench_train`); on GPU/TPU the convolutions are XLA's own.
 """
 
 from collections.abc import Sequence
@@ -21,6 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from dmljax.models import cpu_ops
 
 _MIN_POOL_SIZE = 4  # Pool only while the map is at least this big.
 
@@ -77,6 +81,7 @@ class SmallConvNet(nn.Module):
           use_bias=False,
           dtype=self.dtype,
           param_dtype=self.param_dtype,
+          conv_general_dilated=cpu_ops.conv_general_dilated,
           name=f"conv{stage}_{block}",
         )(x)
         x = nn.BatchNorm(
@@ -91,7 +96,7 @@ class SmallConvNet(nn.Module):
         x = nn.relu(x)
       is_last = stage == len(self.widths) - 1
       if not is_last and min(x.shape[1:3]) >= _MIN_POOL_SIZE:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = cpu_ops.max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2))
     if self.features is not None:
       x = nn.Dense(
