@@ -107,6 +107,29 @@ def make_method(config: ml_collections.ConfigDict) -> methods_lib.Method:
   )
 
 
+def uses_devices(config: ml_collections.ConfigDict, count: int) -> bool:
+  """Whether a one-process run of `config` would use all `count` devices.
+
+  DE-DSP runs on one device; the P × K methods on as many as the batch
+  splits over (`parallel.choose_num_devices`). Needs no JAX backend, so
+  `dmljax.cpu_devices.configure` can ask it before JAX starts.
+  """
+  if dsp_training.is_dsp(config):
+    return count == 1
+  try:
+    chosen = parallel.choose_num_devices(
+      config.data.batch_size,
+      config.data.images_per_class,
+      mining=config.parallel.mining,
+      requested=config.parallel.num_devices,
+      available=count,
+      num_processes=1,
+    )
+  except ValueError:
+    return False
+  return chosen == count
+
+
 SCHEDULES = ("warmup_cosine", "step")
 GRADIENT_DIVISORS = ("none", "batch_size")
 
@@ -403,8 +426,12 @@ def _train_and_evaluate(config, workdir):
       )
 
   def evaluate(step):
+    final = step == num_steps
+    clustering = final or config.eval.clustering_during_training
     try:
-      return evaluation.evaluate(embed_fn, state, test_split, config)
+      return evaluation.evaluate(
+        embed_fn, state, test_split, config, clustering=clustering
+      )
     except FloatingPointError as error:  # Finite weights, but huge ones.
       raise divergence.nonfinite_evaluation(
         step, checkpointer.latest_step()

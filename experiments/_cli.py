@@ -5,6 +5,10 @@
 loads configs by path only), then trains and evaluates with
 `dmljax.train.train_and_evaluate`. Explicit `.py` paths pass through.
 
+On the CPU the host is split into one XLA device per core (up to two,
+`dmljax.cpu_devices`) when the run's batch splits over them, and JAX's
+persistent compilation cache is kept in ~/.cache/dmljax/jax.
+
 Before any work, the `--config.*` overrides are checked against the config
 (an unknown key is one line with the nearest known key), then every value
 (`configs.common.check_config`); a user error ends the driver with one line
@@ -160,6 +164,26 @@ def _check_overrides(argv: list[str]) -> None:
         _errors.fail(problem)
 
 
+def _use_compilation_cache() -> None:
+  """JAX's persistent compilation cache in the user's cache folder.
+
+  A rerun (or a resumed run) of the same config loads the compiled step
+  and evaluation instead of compiling them again. $JAX_COMPILATION_CACHE_DIR
+  or an earlier `jax_compilation_cache_dir` wins; an empty
+  $JAX_COMPILATION_CACHE_DIR turns the cache off.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  if jax.config.jax_compilation_cache_dir:
+    return
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(base, "dmljax", "jax")
+  )
+
+
 def run(*, dataset: str) -> None:
   """Parses flags and runs the training job on `dataset`."""
   sys.argv = _rewrite_config_arg(sys.argv, dataset)
@@ -168,9 +192,20 @@ def run(*, dataset: str) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from dmljax import cpu_devices  # pylint: disable=import-outside-toplevel
     from dmljax import parallel  # pylint: disable=import-outside-toplevel
     from dmljax import train  # pylint: disable=import-outside-toplevel
 
+    config = _CONFIG.value
+    single_process = not (
+      _MULTIHOST.value
+      or _COORDINATOR.value
+      or _NUM_PROCESSES.value
+      or any(os.environ.get(name) for name in parallel.DISTRIBUTED_ENV)
+    )
+    if single_process:  # Before JAX starts: one CPU device per core.
+      cpu_devices.configure(lambda count: train.uses_devices(config, count))
+    _use_compilation_cache()
     parallel.initialize_distributed(
       _COORDINATOR.value,
       _NUM_PROCESSES.value,
@@ -179,7 +214,6 @@ def run(*, dataset: str) -> None:
     )
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
-    config = _CONFIG.value
     if _DATA_DIR.value is not None:
       config.data.data_dir = _DATA_DIR.value
     if _DATA_SOURCE.value is not None:

@@ -3,8 +3,8 @@
 Shape letters: B batch, H × W feature map, C input and F output channels.
 
 Same functions as `lax.conv_general_dilated` and `flax.linen.max_pool`, with
-gradients XLA:CPU computes faster (measured with `experiments.bench_train`
-and `experiments.bench_layers` on 2 cores, see WORKSPACE.md):
+gradients XLA:CPU computes faster (layer by layer on 2 cores; the whole
+step in `experiments.bench_train`, see WORKSPACE.md):
 
 - `max_pool_2x2`: 2 × 2 / stride 2 max pooling as the maximum of four
   strided slices. Its gradient is elementwise selects; `nn.max_pool`'s is
