@@ -239,6 +239,7 @@ def _field_checks() -> dict[str, Check]:
     "eval.ks": _positive_integers,
     "eval.block_size": positive,
     "eval.kmeans_iters": positive,
+    "eval.clustering_during_training": _boolean,
     "eval.max_classes": count,
     "eval.num_folds": _integer(2),
     "ckpt.every": positive,

@@ -186,12 +186,24 @@ def query_gallery_recall(
 
 
 def evaluate(
-  embed_fn, state, split, config, *, devices=None
+  embed_fn, state, split, config, *, devices=None, clustering: bool = True
 ) -> dict[str, float]:
   """The split's protocol (module docstring) on its embeddings.
 
   `devices`: this process's devices that embed (default all local ones).
+  `clustering`: also the k-means NMI and F1 of the retrieval protocol
+  (False: Recall@k and MAP@R only, the cheap evaluation during training).
   """
+  metrics, _ = evaluate_embeddings(
+    embed_fn, state, split, config, devices=devices, clustering=clustering
+  )
+  return metrics
+
+
+def evaluate_embeddings(
+  embed_fn, state, split, config, *, devices=None, clustering: bool = True
+) -> tuple[dict[str, float], np.ndarray]:
+  """`evaluate`'s metrics and the float32 [N, D] embeddings they came from."""
   embeddings = embed_split(
     embed_fn,
     state,
@@ -200,6 +212,14 @@ def evaluate(
     num_workers=config.data.num_workers,
     devices=devices,
   )
+  metrics = protocol_metrics(embeddings, split, config, clustering=clustering)
+  return metrics, embeddings
+
+
+def protocol_metrics(
+  embeddings: np.ndarray, split, config, *, clustering: bool = True
+) -> dict[str, float]:
+  """The split's protocol on float32 [N, D] embeddings of its images."""
   if not np.all(np.isfinite(embeddings)):
     raise FloatingPointError("The test embeddings contain NaN or inf.")
   labels = np.asarray(split.labels)
@@ -227,6 +247,8 @@ def evaluate(
   result["map@r"] = float(
     metrics_lib.map_at_r(embeddings, labels, block_size=config.eval.block_size)
   )
+  if not clustering:
+    return result
   clusters = metrics_lib.clustering_metrics(
     jax.random.key(config.seed),
     embeddings,

@@ -134,10 +134,10 @@ def plot_curves(workdir: str) -> list[str]:
     paths.append(_save(fig, workdir, "loss.png"))
   if evals:
     fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [r["step"] for r in evals]
-    for name in ("recall@1", "nmi", "map@r"):
-      if name in evals[0]:
-        ax.plot(steps, [r[name] for r in evals], marker="o", label=name)
+    for name in ("recall@1", "nmi", "map@r"):  # NMI: often the end only.
+      points = [(r["step"], r[name]) for r in evals if name in r]
+      if points:
+        ax.plot(*zip(*points, strict=True), marker="o", label=name)
     ax.set(xlabel="step", ylabel="held-out metric", title="Evaluation")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
