@@ -1,7 +1,7 @@
 """The paper's Table 1 grid (sampler × loss) on one dataset, over seeds.
 
   python -m experiments.ablation --dataset=glyphs --seeds=3
-  python -m experiments.ablation --dataset=digits \
+  python -m experiments.ablation --dataset=digits \\
     --methods=margin_dw,contrastive_random
 
 `--set=dotted.key=value` (repeatable) changes every run's config, e.g.
@@ -67,26 +67,40 @@ def markdown_table(results: dict[str, list[dict[str, float]]]) -> str:
   return "\n".join(lines)
 
 
+def run_config(method: str, seed: int):
+  """The config of one run: the method's, with the flags' changes."""
+  arg = f"method={method},dataset={_DATASET.value},seed={seed}"
+  config = methods.get_config(arg + (",smoke" if _SMOKE.value else ""))
+  if _NUM_STEPS.value:
+    config.train.num_steps = _NUM_STEPS.value
+  common.apply_overrides(config, _SET.value)
+  return config
+
+
 def main(argv):
   del argv
-  from dmljax import train  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from dmljax import cpu_devices
+  from dmljax import train
 
   logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value or os.path.join("runs", "ablation", _DATASET.value)
+  runs = [(m, s) for m in _METHODS.value for s in range(_SEEDS.value)]
+  configs = {run: run_config(*run) for run in runs}
+  # Before JAX starts, as the drivers: one CPU device per core if every
+  # run's batch splits over them (DE-DSP's never does).
+  cpu_devices.configure(
+    lambda count: all(train.uses_devices(c, count) for c in configs.values())
+  )
   results = {}
-  for method in _METHODS.value:
-    for seed in range(_SEEDS.value):
-      arg = f"method={method},dataset={_DATASET.value},seed={seed}"
-      config = methods.get_config(arg + (",smoke" if _SMOKE.value else ""))
-      if _NUM_STEPS.value:
-        config.train.num_steps = _NUM_STEPS.value
-      common.apply_overrides(config, _SET.value)
-      print(f"\n== {method}, seed {seed} ==", flush=True)
-      rundir = os.path.join(workdir, method, f"seed{seed}")
-      final = dict(train.train_and_evaluate(config, rundir))
-      with open(os.path.join(rundir, "summary.json")) as f:
-        final.update(json.load(f).get("beta", {}))
-      results.setdefault(method, []).append(final)
+  for method, seed in runs:
+    config = configs[method, seed]
+    print(f"\n== {method}, seed {seed} ==", flush=True)
+    rundir = os.path.join(workdir, method, f"seed{seed}")
+    final = dict(train.train_and_evaluate(config, rundir))
+    with open(os.path.join(rundir, "summary.json")) as f:
+      final.update(json.load(f).get("beta", {}))
+    results.setdefault(method, []).append(final)
   table = markdown_table(results)
   with open(os.path.join(workdir, "ablation.md"), "w") as f:
     f.write(f"Held-out metrics on {_DATASET.value}, ")
