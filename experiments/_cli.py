@@ -12,7 +12,9 @@ persistent compilation cache is kept in ~/.cache/dmljax/jax.
 Before any work, the `--config.*` overrides are checked against the config
 (an unknown key is one line with the nearest known key), then every value
 (`configs.common.check_config`); a user error ends the driver with one line
-(`experiments/_errors.py`).
+(`experiments/_errors.py`). `--print_config` prints the resolved config
+and exits before JAX is imported. Only the file-backed drivers have
+--data_dir / --data_source (`define_data_flags`).
 """
 
 import difflib
@@ -29,6 +31,8 @@ from experiments import _errors
 from experiments.configs import common
 from experiments.configs import methods
 
+flags.adopt_module_key_flags(_errors)  # The drivers' --help lists --debug.
+
 _CONFIGS = os.path.join(os.path.dirname(__file__), "configs", "methods.py")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,8 +40,10 @@ _CONFIG = config_flags.DEFINE_config_file(
   None,
   "Method config: NAME[:args], NAME one of "
   + ", ".join(sorted(methods.METHODS))
-  + "; args: smoke (seconds-long run), seed=N. Override any field with "
-  "--config.SECTION.FIELD=VALUE, e.g. --config.train.num_steps=500.",
+  + "; args: smoke (4 steps of a tiny net through the whole pipeline, "
+  "under a minute on a CPU), "
+  "seed=N. Override any field with --config.SECTION.FIELD=VALUE, e.g. "
+  "--config.train.num_steps=500; --print_config lists every field.",
   lock_config=True,
 )
 _COORDINATOR = flags.DEFINE_string(
@@ -58,26 +64,55 @@ _MULTIHOST = flags.DEFINE_bool(
   "Start jax.distributed with cluster auto-detection (no other flag needed "
   "on SLURM, Open MPI or a Cloud TPU slice).",
 )
-_DATA_DIR = flags.DEFINE_string(
-  "data_dir",
-  None,
-  "Benchmarks: the unpacked official archive (the layout is in the error "
-  "message of a missing one, and in dmljax/data/<dataset>.py). Same as "
-  "--config.data.data_dir.",
-)
-_DATA_SOURCE = flags.DEFINE_enum(
-  "data_source",
-  None,
-  ["files", "tfds"],
-  "Benchmarks: 'files' (official layout under --data_dir) or 'tfds'. Same "
-  "as --config.data.data_source.",
-)
 _WORKDIR = flags.DEFINE_string(
   "workdir",
   None,
   "Run directory for checkpoints, metrics.jsonl, plots and summary.json. "
   "Rerunning with the same workdir resumes. Default: runs/<dataset>/<config>.",
 )
+_PRINT_CONFIG = flags.DEFINE_bool(
+  "print_config",
+  False,
+  "Print the resolved config (every field, after --config.* and the other "
+  "flags) and exit without training; the values are checked when it runs.",
+)
+
+
+# The flags of `define_data_flags`: config.data field -> its flag holder.
+_DATA_FLAGS = {}
+
+
+def define_data_flags(*, data_source: bool = True) -> None:
+  """Defines --data_dir (and --data_source) for a file-backed driver.
+
+  The embedded datasets (glyphs, digits) have neither. A driver calls this
+  at import, before `flags.adopt_module_key_flags(_cli)`, so that its
+  `--help` lists them; `data_source=False` leaves out --data_source (the
+  folder driver reads files only). A second call defines nothing again.
+  """
+  if "data_dir" not in _DATA_FLAGS:
+    _DATA_FLAGS["data_dir"] = flags.DEFINE_string(
+      "data_dir",
+      None,
+      "The unpacked official archive (its layout is in the error message of "
+      "a missing one, and in dmljax/data/<dataset>.py), or your folder / "
+      "CSV. Same as --config.data.data_dir.",
+    )
+  if data_source and "data_source" not in _DATA_FLAGS:
+    _DATA_FLAGS["data_source"] = flags.DEFINE_enum(
+      "data_source",
+      None,
+      ["files", "tfds"],
+      "'files' (official layout under --data_dir) or 'tfds' (a prepared "
+      "tfds dataset). Same as --config.data.data_source.",
+    )
+
+
+def _apply_data_flags(config) -> None:
+  """Copies the given --data_dir / --data_source into `config.data`."""
+  for field, holder in _DATA_FLAGS.items():
+    if holder.value is not None:
+      config.data[field] = holder.value
 
 
 def _rewrite_config_arg(argv: list[str], dataset: str) -> list[str]:
@@ -143,6 +178,9 @@ def _check_overrides(argv: list[str]) -> None:
   )
   if value is None:
     return
+  path = value.partition(":")[0]
+  if path.endswith(".py") and not os.path.isfile(path):
+    _errors.fail(f"--config={value}: no config file {path!r}.")
   try:
     config = _load_config(value)
   except ValueError as error:
@@ -192,38 +230,43 @@ def run(*, dataset: str) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from dmljax import cpu_devices  # pylint: disable=import-outside-toplevel
-    from dmljax import parallel  # pylint: disable=import-outside-toplevel
-    from dmljax import train  # pylint: disable=import-outside-toplevel
-
     config = _CONFIG.value
-    single_process = not (
-      _MULTIHOST.value
-      or _COORDINATOR.value
-      or _NUM_PROCESSES.value
-      or any(os.environ.get(name) for name in parallel.DISTRIBUTED_ENV)
-    )
-    if single_process:  # Before JAX starts: one CPU device per core.
-      cpu_devices.configure(lambda count: train.uses_devices(config, count))
-    _use_compilation_cache()
-    parallel.initialize_distributed(
-      _COORDINATOR.value,
-      _NUM_PROCESSES.value,
-      _PROCESS_ID.value,
-      force=_MULTIHOST.value,
-    )
-    if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
-    if _DATA_DIR.value is not None:
-      config.data.data_dir = _DATA_DIR.value
-    if _DATA_SOURCE.value is not None:
-      config.data.data_source = _DATA_SOURCE.value
-    workdir = _WORKDIR.value or os.path.join(
-      "runs", config.data.name, config.method
-    )
-    logging.info("Config:\n%s", config)
-    common.check_config(config)  # Every value, and unknown keys.
-    # Checks the workdir, then writes its config.json (dmljax.rundir).
-    train.train_and_evaluate(config, workdir)
+    _apply_data_flags(config)
+    if _PRINT_CONFIG.value:  # Before JAX or dmljax are imported.
+      print(config, end="")
+      return
+    _train(config)
 
   _errors.run_main(main)
+
+
+def _train(config) -> None:
+  """Starts JAX (devices, cache, multi-host), checks `config` and trains."""
+  from dmljax import cpu_devices  # pylint: disable=import-outside-toplevel
+  from dmljax import parallel  # pylint: disable=import-outside-toplevel
+  from dmljax import train  # pylint: disable=import-outside-toplevel
+
+  single_process = not (
+    _MULTIHOST.value
+    or _COORDINATOR.value
+    or _NUM_PROCESSES.value
+    or any(os.environ.get(name) for name in parallel.DISTRIBUTED_ENV)
+  )
+  if single_process:  # Before JAX starts: one CPU device per core.
+    cpu_devices.configure(lambda count: train.uses_devices(config, count))
+  _use_compilation_cache()
+  parallel.initialize_distributed(
+    _COORDINATOR.value,
+    _NUM_PROCESSES.value,
+    _PROCESS_ID.value,
+    force=_MULTIHOST.value,
+  )
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  workdir = _WORKDIR.value or os.path.join(
+    "runs", config.data.name, config.method
+  )
+  logging.info("Config:\n%s", config)
+  common.check_config(config)  # Every value, and unknown keys.
+  # Checks the workdir, then writes its config.json (dmljax.rundir).
+  train.train_and_evaluate(config, workdir)

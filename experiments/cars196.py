@@ -16,6 +16,7 @@ from absl import flags
 
 from experiments import _cli
 
+_cli.define_data_flags()
 flags.adopt_module_key_flags(_cli)  # --help lists --config's names.
 
 if __name__ == "__main__":

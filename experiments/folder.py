@@ -24,6 +24,7 @@ from absl import flags
 
 from experiments import _cli
 
+_cli.define_data_flags(data_source=False)
 flags.adopt_module_key_flags(_cli)  # --help lists --config's names.
 
 if __name__ == "__main__":

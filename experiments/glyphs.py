@@ -5,7 +5,7 @@ each); train on the first half of the code points, test on the rest.
 
   python -m experiments.glyphs --config=margin_dw
   python -m experiments.glyphs --config=triplet_l2_semihard --workdir=/tmp/t
-  python -m experiments.glyphs --helpfull
+  python -m experiments.glyphs --config=margin_dw:smoke --print_config
 """
 
 from absl import flags

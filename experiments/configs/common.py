@@ -8,6 +8,7 @@ supplies sampler and loss. Dotted overrides on the command line
 """
 
 import ast
+import difflib
 
 import ml_collections
 from ml_collections import config_dict
@@ -163,8 +164,10 @@ def parse_arg(arg: str | None, **defaults):
   for item in filter(None, (arg or "").split(",")):
     name, _, value = item.partition("=")
     if name not in defaults:
+      close = difflib.get_close_matches(name, list(defaults), n=1)
+      hint = f" Did you mean {close[0]}?" if close else ""
       raise ValueError(
-        f"Unknown config argument {name!r}; known: {sorted(defaults)}."
+        f"Unknown config argument {name!r}; known: {sorted(defaults)}.{hint}"
       )
     default = defaults[name]
     if not value:
@@ -181,7 +184,7 @@ def parse_arg(arg: str | None, **defaults):
 def base_config(
   dataset: str, *, smoke: bool = False
 ) -> ml_collections.ConfigDict:
-  """All options with defaults for `dataset`; `smoke` shrinks to seconds."""
+  """All options with defaults for `dataset`; `smoke`: a tiny, short run."""
   if dataset not in DATASETS:
     raise ValueError(
       f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}."
@@ -313,7 +316,11 @@ def base_config(
     mining="global",  # "global": sample on the whole batch; "local": shard.
   )
 
-  if smoke:  # big_vision's "runlocal": a seconds-long CPU run.
+  # big_vision's "runlocal": 4 steps of a tiny net through the whole
+  # pipeline (evaluations, checkpoints, figures), under a minute on a CPU;
+  # imports, compiling and the end-of-run figures take most of it, not the
+  # steps.
+  if smoke:
     c.data.batch_size = 20
     c.model.backbone_kwargs = {"widths": (8, 16), "features": 32}
     c.model.embedding_dim = 16

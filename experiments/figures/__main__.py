@@ -15,25 +15,29 @@ import os
 from absl import app
 from absl import flags
 
-from experiments.figures import analysis
-from experiments.figures import plots
+from experiments import figures
 
 _OUT = flags.DEFINE_string("out", "figures", "Output directory.")
 _RUNS = flags.DEFINE_string("runs", None, "Ablation directory for Fig. 6.")
 _METHODS = flags.DEFINE_list(
-  "methods", list(analysis.FIGURE_6_METHODS), "Fig. 6 methods."
+  "methods", list(figures.FIGURE_6_METHODS), "Fig. 6 methods."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the simulations.")
 
 
 def _write(name: str, numbers: dict, draw) -> None:
+  """Writes `<out>/<name>.json` and the figure `draw` makes of `numbers`."""
   with open(os.path.join(_OUT.value, f"{name}.json"), "w") as f:
     json.dump(numbers, f)
   print(f"{name}: {draw(numbers, _OUT.value)}", flush=True)
 
 
 def main(argv):
+  """Writes each figure; JAX and matplotlib are imported only here."""
   del argv
+  from experiments.figures import analysis  # pylint: disable=import-outside-toplevel
+  from experiments.figures import plots  # pylint: disable=import-outside-toplevel
+
   os.makedirs(_OUT.value, exist_ok=True)
   seed = _SEED.value
   _write("figure2", analysis.sphere_density(seed=seed), plots.figure_2)

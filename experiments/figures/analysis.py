@@ -19,6 +19,7 @@ from dmljax import losses
 from dmljax import reporting
 from dmljax import samplers
 from dmljax.samplers import Triplets
+from experiments import figures
 
 
 def uniform_sphere(rng: np.random.Generator, num_points: int, dim: int):
@@ -291,7 +292,8 @@ def loss_curves(
 # Figure 6: convergence curves from training logs.
 # ----------------------------------------------------------------------------
 
-FIGURE_6_METHODS = ("margin_dw", "triplet_l2_semihard", "contrastive_random")
+# Defined in the package (the driver's --help needs it without JAX).
+FIGURE_6_METHODS = figures.FIGURE_6_METHODS
 
 
 def convergence_curves(
