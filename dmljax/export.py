@@ -23,8 +23,6 @@ crop, standardise as trained) and writes them (`write_embeddings`):
 
 Exports of format "dmljax.embeddings/1" (FILE.json, no weights) are still
 read; their network is the workdir's checkpoint of the recorded step.
-
-`contact_sheet` draws each query beside its nearest neighbours.
 """
 
 import json
@@ -35,8 +33,6 @@ import jax
 import ml_collections
 import numpy as np
 from flax import serialization
-from PIL import Image
-from PIL import ImageDraw
 
 from dmljax import checkpoint as checkpoint_lib
 from dmljax import rundir
@@ -282,6 +278,12 @@ def _description(path: str) -> tuple[str, dict[str, Any]]:
   )
 
 
+def read_description(path: str) -> dict[str, Any]:
+  """The description (FILE.npz|npy.json) of the export at `path`."""
+  json_path, metadata = _description(path)
+  return {**metadata, "description": json_path}
+
+
 def read_embeddings(path: str):
   """(embeddings [N, D], paths [N], labels [N], metadata) of an export."""
   if not os.path.isfile(path):
@@ -331,39 +333,3 @@ def load_export_model(path: str, metadata: dict[str, Any]):
       "experiments.embed: exports now carry their own weights."
     ) from error
   return model, variables, config
-
-
-def contact_sheet(
-  query_paths,
-  neighbor_paths,
-  distances: np.ndarray,
-  out: str,
-  *,
-  size: int = 96,
-) -> None:
-  """A PNG: one row per query, the query then its k neighbours.
-
-  Args:
-    query_paths: Q image files.
-    neighbor_paths: Q lists of k image files, nearest first.
-    distances: [Q, k], printed under each neighbour.
-    out: the PNG file to write.
-    size: the side of each thumbnail in pixels.
-  """
-  k = len(neighbor_paths[0])
-  caption = 14
-  sheet = Image.new(
-    "RGB", ((k + 1) * size, len(query_paths) * (size + caption)), "white"
-  )
-  draw = ImageDraw.Draw(sheet)
-  for row, query in enumerate(query_paths):
-    top = row * (size + caption)
-    cells = [(query, "query")] + [
-      (p, f"{d:.3f}")
-      for p, d in zip(neighbor_paths[row], distances[row], strict=True)
-    ]
-    for column, (path, text) in enumerate(cells):
-      thumb = images_lib.decode(path).resize((size, size))
-      sheet.paste(thumb, (column * size, top))
-      draw.text((column * size + 2, top + size), text, fill="black")
-  sheet.save(out)

@@ -1,7 +1,8 @@
-"""Embed a folder or CSV of images with a trained run's network.
+"""Embed a folder or CSV of images with a trained run's network; serve it.
 
   python -m experiments.embed --workdir=runs/mine --data_dir=DIR \\
     --out=embeddings.npz [--split=all|train|test] [--step=N]
+  python -m experiments.embed --workdir=runs/mine --export_model=DIR
 
 Writes embeddings.npz ("embeddings" float32 [N, D], "paths", "labels") or
 a .npy, plus embeddings.npz.json: the model, the checkpoint step, the
@@ -9,7 +10,13 @@ workdir and the preprocessing, and embeddings.npz.weights.msgpack: the
 network itself, so the export outlives the run's later checkpoints
 (dmljax/export.py). --split=train/test embeds the part the run trained /
 was tested on (the run's data.split settings); "all" (default) every image,
-single-image classes included. --out is checked before any work.
+single-image classes included.
+
+--export_model=DIR (a new or empty folder) writes DIR/embedder.jax, the
+network as a `jax.export` function (images → L2-normalised embeddings,
+weights baked in, any batch size) that runs with JAX alone, and
+DIR/preprocess.json, what an image must go through first
+(dmljax/serving.py). --out and --export_model are checked before any work.
 """
 
 import os
@@ -31,6 +38,40 @@ _SPLIT = flags.DEFINE_enum(
 )
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default latest).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per batch.")
+_EXPORT_MODEL = flags.DEFINE_string(
+  "export_model",
+  None,
+  "A new or empty folder: write the served network there (embedder.jax, "
+  "preprocess.json).",
+)
+
+
+def _check_flags(export) -> None:
+  """Every flag checked before any work."""
+  from dmljax import serving  # pylint: disable=import-outside-toplevel
+
+  if not (_OUT.value or _EXPORT_MODEL.value):
+    raise ValueError(
+      "Nothing to write: pass --out=FILE.npz (with --data_dir) and/or "
+      "--export_model=DIR."
+    )
+  if _EXPORT_MODEL.value:
+    serving.check_output_dir(_EXPORT_MODEL.value)
+  if not _OUT.value:
+    return
+  export.check_output_path(_OUT.value)
+  if not _DATA_DIR.value:
+    raise ValueError("--out needs --data_dir: the images to embed.")
+  if _BATCH_SIZE.value < 1:
+    raise ValueError(f"--batch_size must be ≥ 1, got {_BATCH_SIZE.value}.")
+  recorded = export.read_run_config(_WORKDIR.value)
+  if not recorded.data.resize_size:  # Glyphs, digits: arrays, not files.
+    raise ValueError(
+      f"{_WORKDIR.value} trained on the embedded {recorded.data.name!r} "
+      "arrays, not on image files: --out exports runs of "
+      "experiments.folder or a benchmark driver (--export_model serves "
+      "any run)."
+    )
 
 
 def main(argv):
@@ -39,22 +80,31 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # Orbax logs every file it reads.
   from dmljax import export  # pylint: disable=import-outside-toplevel
-  from dmljax.data import folder  # pylint: disable=import-outside-toplevel
+  from dmljax import serving  # pylint: disable=import-outside-toplevel
 
   start = time.time()
-  export.check_output_path(_OUT.value)
-  if _BATCH_SIZE.value < 1:
-    raise ValueError(f"--batch_size must be ≥ 1, got {_BATCH_SIZE.value}.")
-  recorded = export.read_run_config(_WORKDIR.value)
-  if not recorded.data.resize_size:  # Glyphs, digits: arrays, not files.
-    raise ValueError(
-      f"{_WORKDIR.value} trained on the embedded {recorded.data.name!r} "
-      "arrays, not on image files: experiments.embed exports runs of "
-      "experiments.folder or a benchmark driver."
-    )
+  _check_flags(export)
   model, variables, step, config = export.load_model(
     _WORKDIR.value, _STEP.value
   )
+  if _EXPORT_MODEL.value:
+    written = serving.write_embedder(
+      _EXPORT_MODEL.value,
+      model,
+      variables,
+      config,
+      workdir=_WORKDIR.value,
+      step=step,
+    )
+    print(f"Served network (step {step}): {', '.join(written)}")
+  if _OUT.value:
+    _embed_files(export, model, variables, step, config, start)
+
+
+def _embed_files(export, model, variables, step, config, start) -> None:
+  """Embeds --data_dir and writes --out."""
+  from dmljax.data import folder  # pylint: disable=import-outside-toplevel
+
   listing = folder.read_listing(_DATA_DIR.value)
   keep = list(range(len(listing)))
   if _SPLIT.value != "all":
@@ -94,5 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir", "data_dir", "out"])
+  flags.mark_flags_as_required(["workdir"])
   _errors.run_main(main)

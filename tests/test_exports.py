@@ -160,7 +160,11 @@ def test_an_export_survives_training_past_its_step(tmp_path):
   assert checkpoint_lib.saved_steps(str(workdir / "checkpoints")) == [4]
   query = export.read_embeddings(out)[1][0]
   result = _run(
-    "experiments.query", f"--embeddings={out}", f"--image={query}", "--k=2"
+    "experiments.query",
+    f"--embeddings={out}",
+    f"--image={query}",
+    "--k=2",
+    "--include_self",
   )
   first = result.stdout.splitlines()[1].split()
   assert first[0] == "1" and float(first[1]) < 1e-3 and first[3] == query
