@@ -14,9 +14,11 @@ import sys
 import weakref
 from typing import Any
 
+import numpy as np
 import tqdm
 
 from dmljax import rundir
+from dmljax import tensorboard
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -37,6 +39,10 @@ class MetricsLog:
     self, workdir: str, *, resume_step: int = 0, enabled: bool = True
   ):
     self.enabled = enabled
+    # The optional TensorBoard mirror (a no-op without tensorboardX).
+    self.events = tensorboard.EventWriter(
+      workdir, resume_step=resume_step, enabled=enabled
+    )
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -57,6 +63,7 @@ class MetricsLog:
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
       f.flush()
+    self.events.scalars(step, kind, values)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -116,44 +123,75 @@ def close_progress_bars() -> None:
 
 
 def plot_curves(workdir: str) -> list[str]:
-  """PNG plots of the training loss and of Recall@1 / NMI vs step."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  """training.png (loss, D_ap / D_an / β, non-zero terms) and eval.png."""
+  from dmljax.plots import curves  # pylint: disable=import-outside-toplevel
 
   records = read_metrics(workdir)
-  train = [r for r in records if r["kind"] == "train"]
-  evals = [r for r in records if r["kind"] in ("eval", "final")]
   paths = []
-  if train:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train])
-    ax.set(xlabel="step", ylabel="training loss", title="Loss")
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, workdir, "loss.png"))
-  if evals:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("recall@1", "nmi", "map@r"):  # NMI: often the end only.
-      points = [(r["step"], r[name]) for r in evals if name in r]
-      if points:
-        ax.plot(*zip(*points, strict=True), marker="o", label=name)
-    ax.set(xlabel="step", ylabel="held-out metric", title="Evaluation")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    paths.append(_save(fig, workdir, "eval.png"))
+  for name, draw in (
+    ("training.png", curves.training_figure),
+    ("eval.png", curves.evaluation_figure),
+  ):
+    path = os.path.join(workdir, name)
+    if draw(records, path):
+      paths.append(path)
   return paths
 
 
-def _save(fig, workdir: str, name: str) -> str:
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def plot_embedding(
+  workdir: str, split, embeddings, *, seed: int = 0
+) -> list[str]:
+  """retrieval.png (queries and their top 5, Wu et al. Fig. 5) and tsne.png.
 
-  path = os.path.join(workdir, name)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  Args:
+    workdir: where the PNGs go.
+    split: the test split (`display_images(rows)`, `labels`, `class_names`).
+    embeddings: float32 [N, D] embeddings of its images, in order.
+    seed: picks the queries and the t-SNE sample.
+  """
+  # pylint: disable=import-outside-toplevel
+  from dmljax.plots import retrieval
+  from dmljax.plots import tsne
+
+  labels = np.asarray(split.labels)
+  names = np.asarray(split.class_names, dtype=object)
+  examples = retrieval.retrieval_examples(embeddings, seed=seed)
+  rows = np.concatenate([examples.queries, examples.neighbors.ravel()])
+  images = dict(zip(rows.tolist(), split.display_images(rows), strict=True))
+  paths = [
+    os.path.join(workdir, name) for name in ("retrieval.png", "tsne.png")
+  ]
+  retrieval.retrieval_figure(
+    [images[q] for q in examples.queries.tolist()],
+    [[images[i] for i in row] for row in examples.neighbors.tolist()],
+    examples.distances,
+    paths[0],
+    query_labels=names[labels[examples.queries]].tolist(),
+    neighbor_labels=names[labels[examples.neighbors]].tolist(),
+  )
+  tsne.tsne_figure(embeddings, names[labels], paths[1], seed=seed)
+  return paths
+
+
+def _finish_events(log, config, final, split, embeddings, retrieval_png):
+  """TensorBoard's image, hparams and projector (if tensorboardX is here)."""
+  rows = tensorboard.projector_sample(split.labels, seed=config.seed)
+  names = np.asarray(split.class_names, dtype=object)
+  log.events.finish(
+    int(config.train.num_steps),
+    hparams=tensorboard.flat_hparams(config.to_dict()),
+    final=final,
+    retrieval_png=retrieval_png,
+    embeddings=embeddings[rows],
+    names=[str(n) for n in names[np.asarray(split.labels)[rows]]],
+    thumbnails=_thumbnails(split.display_images(rows)),
+  )
+
+
+def _thumbnails(images: np.ndarray, side: int = 32) -> np.ndarray:
+  """uint8 [n, H, W, C] → float32 [n, ≤ 2·side, ≤ 2·side, C] in [0, 1]."""
+  stride = max(1, images.shape[1] // side)
+  return images[:, ::stride, ::stride].astype(np.float32) / 255
 
 
 def summary_table(final: dict[str, float]) -> str:
@@ -171,11 +209,17 @@ def finish(
   config,
   final: dict[str, float],
   beta: dict[str, float] | None = None,
+  *,
+  split=None,
+  embeddings: np.ndarray | None = None,
+  log: MetricsLog | None = None,
 ) -> None:
-  """Writes summary.json and the plots, and prints the summary table.
+  """Writes summary.json and the figures, and prints the summary table.
 
   `beta`: the learned β's statistics over classes (margin loss), kept in
-  summary.json under "beta" and printed below the table.
+  summary.json under "beta" and printed below the table. With the test
+  `split` and its float32 [N, D] `embeddings`: retrieval.png and tsne.png
+  (`plot_embedding`), and the end of the TensorBoard view of `log`.
   """
   summary = {"config": config.to_dict(), "final": final}
   if beta is not None:
@@ -188,6 +232,11 @@ def finish(
     json.dump(summary, f, indent=2, default=str)
   os.replace(temporary, os.path.join(workdir, SUMMARY_FILE))
   plots = plot_curves(workdir)
+  if split is not None and embeddings is not None:
+    plots += plot_embedding(workdir, split, embeddings, seed=config.seed)
+    if log is not None:
+      retrieval_png = os.path.join(workdir, "retrieval.png")
+      _finish_events(log, config, final, split, embeddings, retrieval_png)
   print(f"\nHeld-out classes of {config.data.name}:")
   print(summary_table(final))
   if beta is not None:

@@ -425,11 +425,11 @@ def _train_and_evaluate(config, workdir):
         "(--config.optim.learning_rate) or check the inputs."
       )
 
-  def evaluate(step):
+  def evaluate(step):  # → (metrics, float32 [N, D] test embeddings)
     final = step == num_steps
     clustering = final or config.eval.clustering_during_training
     try:
-      return evaluation.evaluate(
+      return evaluation.evaluate_embeddings(
         embed_fn, state, test_split, config, clustering=clustering
       )
     except FloatingPointError as error:  # Finite weights, but huge ones.
@@ -459,11 +459,7 @@ def _train_and_evaluate(config, workdir):
       )
       progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
     if step % config.train.eval_every == 0 and step != num_steps:
-      log.write(
-        step,
-        "eval",
-        evaluate(step),
-      )
+      log.write(step, "eval", evaluate(step)[0])
     if step % config.ckpt.every == 0 or step == num_steps:
       check_finite(state)
       host_metrics = parallel.to_host(metrics)  # Synced by the save anyway.
@@ -472,7 +468,7 @@ def _train_and_evaluate(config, workdir):
     progress.update(1)
   progress.close()
   check_finite(state)
-  final = evaluate(num_steps)
+  final, embeddings = evaluate(num_steps)
   log.write(num_steps, "final", final)
   checkpointer.close()
   if primary:
@@ -481,5 +477,13 @@ def _train_and_evaluate(config, workdir):
       learned = parallel.to_host(state["params"]["beta"])
       statistics = beta_lib.class_beta_statistics(learned)
       beta = {name: float(v) for name, v in statistics.items()}
-    reporting.finish(workdir, config, final, beta=beta)
+    reporting.finish(
+      workdir,
+      config,
+      final,
+      beta=beta,
+      split=test_split,
+      embeddings=embeddings,
+      log=log,
+    )
   return final

@@ -31,7 +31,14 @@ def test_smoke_run_leaves_outputs_and_a_rerun_resumes(tmp_path):
   final = train.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= final["recall@1"] <= 1.0
   assert {"recall@1", "recall@8", "map@r", "nmi", "f1"} <= set(final)
-  for name in ("metrics.jsonl", "summary.json", "loss.png", "eval.png"):
+  for name in (
+    "metrics.jsonl",
+    "summary.json",
+    "training.png",
+    "eval.png",
+    "retrieval.png",
+    "tsne.png",
+  ):
     assert (tmp_path / name).exists(), name
   records = reporting.read_metrics(str(tmp_path))
   steps = [r["step"] for r in records if r["kind"] == "train"]

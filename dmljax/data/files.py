@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dmljax.data import images as images_lib
 from dmljax.data.images import Preprocess
 
 
@@ -118,6 +119,17 @@ class FileSplit:
       boxes=None if self.boxes is None else self.boxes[keep],
       query=None if self.query is None else self.query[keep],
       records=None if self.records is None else self.records.take(keep),
+    )
+
+  def display_images(self, rows) -> np.ndarray:
+    """uint8 [n, S, S, 3]: the test-time crops of `rows` (not standardised)."""
+    rows = np.asarray(rows, np.int64)
+    return images_lib.load_crops(
+      [self.paths[i] for i in rows],
+      None if self.boxes is None else self.boxes[rows],
+      images_lib.center_crops(rows.size, self.preprocess),
+      self.preprocess,
+      self.encoded(rows),
     )
 
   def encoded(self, rows) -> list[bytes] | None:

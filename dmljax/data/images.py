@@ -257,7 +257,14 @@ def to_input(images: np.ndarray, preprocess: Preprocess) -> np.ndarray:
 def load_batch(
   paths, boxes, crops: Crops, preprocess: Preprocess, data=None
 ) -> np.ndarray:
-  """float32 [B, S, S, 3]: decode, box, scale, crop, mirror each image.
+  """float32 [B, S, S, 3]: `load_crops`, then the network's input scaling."""
+  return to_input(load_crops(paths, boxes, crops, preprocess, data), preprocess)
+
+
+def load_crops(
+  paths, boxes, crops: Crops, preprocess: Preprocess, data=None
+) -> np.ndarray:
+  """uint8 [B, S, S, 3]: decode, box, scale, crop, mirror each image.
 
   Args:
     paths: B file paths.
@@ -281,4 +288,4 @@ def load_batch(
     top, left = int(crops.top[i]), int(crops.left[i])
     patch = image[top : top + size, left : left + size]
     out[i] = patch[:, ::-1] if crops.flip[i] else patch
-  return to_input(out, preprocess)
+  return out

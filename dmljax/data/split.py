@@ -74,6 +74,10 @@ class Split:
   def __len__(self) -> int:
     return self.images.shape[0]
 
+  def display_images(self, rows) -> np.ndarray:
+    """uint8 [n, H, W, 1]: the images of `rows`, as a person sees them."""
+    return self.images[np.asarray(rows, np.int64)]
+
   def first_classes(self, num_classes: int) -> "Split":
     """The images of the first `num_classes` classes (a quick evaluation)."""
     keep = self.labels < num_classes
