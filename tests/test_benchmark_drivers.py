@@ -102,3 +102,25 @@ def test_pipeline_benchmark_writes_its_table(tmp_path):
   rows = json.loads(out.read_text())["rows"]
   assert [r["workers"] for r in rows] == [0]
   assert rows[0]["images_per_s"] > 0
+
+
+def test_train_benchmark_times_the_step_and_its_parts(tmp_path):
+  out = tmp_path / "bench_train.json"
+  result = _run(
+    [
+      "experiments.bench_train",
+      "--datasets=digits",
+      "--budget_s=0.05",
+      "--peer=off",
+      f"--out={out}",
+    ]
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  cells = json.loads(out.read_text())["datasets"]["digits"]
+  parts = ("step", "forward", "sampler + loss", "optimiser", "host input")
+  assert all(cells["dmljax_ms"][part] > 0 for part in parts)
+  assert 25 % cells["dmljax_ms"]["devices"] == 0  # Whole rows per device.
+  assert cells["pytorch_ms"] is None
+  assert cells["images_per_s"] == pytest.approx(
+    25 / cells["dmljax_ms"]["step"] * 1e3
+  )
