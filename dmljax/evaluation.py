@@ -31,7 +31,7 @@ from dmljax import parallel
 
 
 def make_embed_fn(model):
-  """embed(variables, images [B, H, W, 1]) -> [B, D], jitted, eval mode."""
+  """embed(variables, images [B, H, W, C]) -> [B, D], jitted, eval mode."""
 
   @jax.jit
   def embed(variables, images):

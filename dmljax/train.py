@@ -1,6 +1,6 @@
 """Training and evaluation of an embedding: state, steps, loop.
 
-Shape letters: B batch, H × W × 1 images, D embedding dimensions.
+Shape letters: B batch, H × W × C images, D embedding dimensions.
 
 The train state is a plain dict pytree (big_vision style, no TrainState
 class):
@@ -261,7 +261,7 @@ def make_objective(model, method):
 def make_train_step(model, method, tx, *, mesh=None, mining: str = "global"):
   """step(state, batch) -> (state, metrics), jitted with the state donated.
 
-  batch: {"image": float32 [B, H, W, 1], "label": int32 [B], "index": int32
+  batch: {"image": float32 [B, H, W, C], "label": int32 [B], "index": int32
   [B] dataset image ids}. metrics: scalars (loss, the method's aux, β mean,
   gradient norm).
 

@@ -37,7 +37,7 @@ def kernel_gradient_reference(x, dy):
   return out
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
   batch=st.integers(1, 13),
   size=st.integers(2, 9),
@@ -112,7 +112,7 @@ def test_flax_conv_takes_the_chunked_gradient_only_where_it_applies(
   assert bool(calls) == chunked
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
   height=st.integers(2, 9),
   width=st.integers(2, 9),

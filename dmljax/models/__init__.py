@@ -8,7 +8,7 @@ functional `init`/`apply` return and take exactly those pytrees, so no
 module object carries state and no wrapper is needed. NNX would put
 parameters in mutable objects that we would have to `split`/`merge` at every
 step, and the kernels (distances … metrics) never import Flax, so a later
-move to NNX would touch only `dmljax/models/` and `deep_sampler.py`.
+move to NNX would touch only `dmljax/models/` and `dmljax/dsp/network.py`.
 """
 
 from dmljax.models.embedder import BACKBONES
