@@ -223,14 +223,14 @@ def protocol_metrics(
   if not np.all(np.isfinite(embeddings)):
     raise FloatingPointError("The test embeddings contain NaN or inf.")
   labels = np.asarray(split.labels)
-  if getattr(split, "pairs", None) is not None:  # LFW verification.
+  if split.protocol == data_lib.VERIFICATION:  # LFW.
     first, second = embeddings[split.pairs[:, 0]], embeddings[split.pairs[:, 1]]
     distances = np.linalg.norm(first - second, axis=1)
     result = metrics_lib.verification_accuracy(
       distances, split.is_same, num_folds=config.eval.num_folds
     )
     return {"accuracy": float(result["accuracy"]), "std": float(result["std"])}
-  if getattr(split, "query", None) is not None:  # In-Shop query → gallery.
+  if split.protocol == data_lib.QUERY_GALLERY:  # In-Shop.
     recalls = query_gallery_recall(
       embeddings[split.query],
       labels[split.query],

@@ -25,6 +25,10 @@ import numpy as np
 
 from dmljax.data import images as images_lib
 from dmljax.data.images import Preprocess
+from dmljax.data.split import RETRIEVAL
+
+VERIFICATION = "verification"  # LFW: pair accuracy over 10 folds.
+QUERY_GALLERY = "query_gallery"  # In-Shop: Recall@k of queries in a gallery.
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -121,13 +125,48 @@ class FileSplit:
       records=None if self.records is None else self.records.take(keep),
     )
 
+  @property
+  def protocol(self) -> str:
+    """ "verification" (LFW pairs), "query_gallery" (In-Shop) or "retrieval"."""
+    if self.pairs is not None:
+      return VERIFICATION
+    if self.query is not None:
+      return QUERY_GALLERY
+    return RETRIEVAL
+
+  def draw_augmentation(
+    self, rng: np.random.Generator, count: int, *, max_shift=None, flip=True
+  ) -> images_lib.Crops:
+    """The paper's training augmentation of `count` images: random S × S
+    crops of the R × R image and mirrors, as `preprocess` says (`max_shift`
+    and `flip` are the in-memory splits' and unused here). Drawn for the
+    global batch; `Crops[rows]` gives a shard's."""
+    del max_shift, flip
+    return images_lib.draw_crops(rng, count, self.preprocess)
+
+  def train_images(self, rows, draws: images_lib.Crops, *, max_shift=None):
+    """float32 [n, S, S, 3]: `rows` decoded, cropped and mirrored by
+    `draws`, scaled as `preprocess` says."""
+    del max_shift
+    return self._load(np.asarray(rows), draws)
+
+  def test_images(self, rows) -> np.ndarray:
+    """float32 [n, S, S, 3]: `rows`' centre crops, as the network sees them."""
+    rows = np.asarray(rows)
+    return self._load(rows, images_lib.center_crops(rows.size, self.preprocess))
+
   def display_images(self, rows) -> np.ndarray:
     """uint8 [n, S, S, 3]: the test-time crops of `rows` (not standardised)."""
     rows = np.asarray(rows, np.int64)
-    return images_lib.load_crops(
+    crops = images_lib.center_crops(rows.size, self.preprocess)
+    return self._load(rows, crops, scaled=False)
+
+  def _load(self, rows, crops: images_lib.Crops, *, scaled: bool = True):
+    load = images_lib.load_batch if scaled else images_lib.load_crops
+    return load(
       [self.paths[i] for i in rows],
       None if self.boxes is None else self.boxes[rows],
-      images_lib.center_crops(rows.size, self.preprocess),
+      crops,
       self.preprocess,
       self.encoded(rows),
     )

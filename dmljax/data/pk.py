@@ -27,8 +27,6 @@ import grain
 import numpy as np
 from absl import flags
 
-from dmljax.data import augment
-from dmljax.data import images as images_lib
 from dmljax.data.files import FileSplit
 from dmljax.data.split import Split
 from dmljax.labels import check_batch_shape
@@ -141,15 +139,20 @@ def _shard_rows(size: int, shard_index: int, shard_count: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _PKBatch:
-  """Maps a step to its P×K batch dict (picklable, for worker processes)."""
+  """Maps a step to its P×K batch dict (picklable, for worker processes).
 
-  images: np.ndarray
-  labels: np.ndarray
+  The augmentation is drawn for the global batch (the split's
+  `draw_augmentation`), then only this shard's rows are read and
+  augmented: an image is augmented the same way whatever the number of
+  shards, and only read by its own.
+  """
+
+  split: Split | FileSplit
   members: _Members
   num_classes: int
   images_per_class: int
   seed: int
-  max_shift: int
+  max_shift: int | None
   flip: bool
   shard_index: int = 0
   shard_count: int = 1
@@ -159,61 +162,13 @@ class _PKBatch:
     ids = _sampled(
       sampling, self.members, self.num_classes, self.images_per_class
     )
-    # The global batch's draws, then this shard's rows: an image is augmented
-    # the same way whatever the number of shards, and only read by its own.
-    draws = augment.draw(
+    draws = self.split.draw_augmentation(
       augmenting, ids.size, max_shift=self.max_shift, flip=self.flip
     )
     rows = _shard_rows(ids.size, self.shard_index, self.shard_count)
     ids = ids[rows]
-    images = augment.apply(
-      self.images[ids], draws[rows], max_shift=self.max_shift
-    )
-    return {
-      "image": augment.to_float(images),
-      "label": self.labels[ids],
-      "index": ids,
-    }
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _FilePKBatch:
-  """Maps a step to its P×K batch decoded from files (picklable).
-
-  The same sampling as `_PKBatch`; the augmentation is the paper's (random
-  S × S crop of the R × R image, mirror), drawn for the global batch, and
-  only this shard's rows are decoded.
-  """
-
-  split: FileSplit
-  members: _Members
-  num_classes: int
-  images_per_class: int
-  seed: int
-  shard_index: int = 0
-  shard_count: int = 1
-
-  def __call__(self, step: int) -> dict[str, np.ndarray]:
-    sampling, augmenting = _rngs(self.seed, int(step))
-    ids = _sampled(
-      sampling, self.members, self.num_classes, self.images_per_class
-    )
-    preprocess = self.split.preprocess
-    crops = images_lib.draw_crops(augmenting, ids.size, preprocess)
-    rows = _shard_rows(ids.size, self.shard_index, self.shard_count)
-    ids = ids[rows]
-    boxes = self.split.boxes
-    return {
-      "image": images_lib.load_batch(
-        [self.split.paths[i] for i in ids],
-        None if boxes is None else boxes[ids],
-        crops[rows],
-        preprocess,
-        self.split.encoded(ids),
-      ),
-      "label": self.split.labels[ids],
-      "index": ids,
-    }
+    images = self.split.train_images(ids, draws[rows], max_shift=self.max_shift)
+    return {"image": images, "label": self.split.labels[ids], "index": ids}
 
 
 def _iterable(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
@@ -295,22 +250,8 @@ def pk_batches(
       f"shard_index must be in 0..{shard_count - 1}, got {shard_index}."
     )
   steps = grain.MapDataset.range(_ENDLESS if num_steps is None else num_steps)
-  if isinstance(split, FileSplit):
-    make_file_batch = _FilePKBatch(
-      split=split,
-      members=members,
-      num_classes=num_classes,
-      images_per_class=images_per_class,
-      seed=seed,
-      shard_index=shard_index,
-      shard_count=shard_count,
-    )
-    return _iterable(steps.map(make_file_batch), num_workers)
-  if max_shift is None:
-    max_shift = max(1, split.images.shape[1] // 16)
   make_batch = _PKBatch(
-    images=split.images,
-    labels=split.labels,
+    split=split,
     members=members,
     num_classes=num_classes,
     images_per_class=images_per_class,
@@ -327,29 +268,7 @@ def pk_batches(
 class _EvalBatch:
   """Maps a batch number to its padded evaluation batch dict."""
 
-  images: np.ndarray
-  labels: np.ndarray
-  batch_size: int
-
-  def __call__(self, number: int) -> dict[str, np.ndarray]:
-    start = int(number) * self.batch_size
-    ids = np.arange(start, start + self.batch_size)
-    mask = ids < self.labels.size
-    ids = np.where(mask, ids, -1).astype(np.int32)
-    images = np.where(mask[:, None, None, None], self.images[ids], 0)
-    return {
-      "image": augment.to_float(images),
-      "label": np.where(mask, self.labels[ids], -1).astype(np.int32),
-      "index": ids,
-      "mask": mask,
-    }
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _FileEvalBatch:
-  """Maps a batch number to its padded batch decoded from files."""
-
-  split: FileSplit
+  split: Split | FileSplit
   batch_size: int
 
   def __call__(self, number: int) -> dict[str, np.ndarray]:
@@ -357,16 +276,9 @@ class _FileEvalBatch:
     ids = np.arange(start, start + self.batch_size)
     mask = ids < len(self.split)
     valid = ids[mask]
-    preprocess = self.split.preprocess
-    boxes = self.split.boxes
-    images = np.zeros((self.batch_size, *self.split.image_shape), np.float32)
-    images[mask] = images_lib.load_batch(
-      [self.split.paths[i] for i in valid],
-      None if boxes is None else boxes[valid],
-      images_lib.center_crops(valid.size, preprocess),
-      preprocess,
-      self.split.encoded(valid),
-    )
+    shape = (self.batch_size, *self.split.image_shape)
+    images = np.zeros(shape, np.float32)
+    images[mask] = self.split.test_images(valid)
     labels = np.full(self.batch_size, -1, np.int32)
     labels[mask] = self.split.labels[valid]
     return {
@@ -406,9 +318,6 @@ def eval_batches(
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
   num_batches = -(-len(split) // batch_size)
-  if isinstance(split, FileSplit):  # Decoded, centre-cropped, no flip.
-    make_batch = _FileEvalBatch(split, batch_size)
-  else:
-    make_batch = _EvalBatch(split.images, split.labels, batch_size)
+  make_batch = _EvalBatch(split, batch_size)  # test_images: no augmentation.
   numbers = grain.MapDataset.range(shard_index, num_batches, shard_count)
   return _iterable(numbers.map(make_batch), num_workers)

@@ -12,7 +12,10 @@ import dataclasses
 
 import numpy as np
 
+from dmljax.data import augment
+
 SPLITS = ("train", "test")
+RETRIEVAL = "retrieval"  # Leave-one-out Recall@k, MAP@R, NMI (Wu et al.).
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -73,6 +76,37 @@ class Split:
 
   def __len__(self) -> int:
     return self.images.shape[0]
+
+  @property
+  def protocol(self) -> str:
+    """The evaluation protocol: leave-one-out retrieval."""
+    return RETRIEVAL
+
+  def _max_shift(self, max_shift: int | None) -> int:
+    if max_shift is None:  # The default: 1/16 of the side, at least 1.
+      return max(1, self.images.shape[1] // 16)
+    return max_shift
+
+  def draw_augmentation(
+    self, rng: np.random.Generator, count: int, *, max_shift, flip: bool
+  ) -> augment.Draws:
+    """The training augmentation of `count` images: shifts, mirrors.
+
+    `max_shift` in pixels, None for max(1, H // 16). Drawn for the global
+    batch; `Draws[rows]` gives a shard's.
+    """
+    max_shift = self._max_shift(max_shift)
+    return augment.draw(rng, count, max_shift=max_shift, flip=flip)
+
+  def train_images(self, rows, draws: augment.Draws, *, max_shift):
+    """float32 [n, H, W, 1] in [0, 1]: `rows` augmented by their `draws`."""
+    images = self.images[np.asarray(rows)]
+    shifted = augment.apply(images, draws, max_shift=self._max_shift(max_shift))
+    return augment.to_float(shifted)
+
+  def test_images(self, rows) -> np.ndarray:
+    """float32 [n, H, W, 1] in [0, 1]: `rows` as the network sees them."""
+    return augment.to_float(self.images[np.asarray(rows)])
 
   def display_images(self, rows) -> np.ndarray:
     """uint8 [n, H, W, 1]: the images of `rows`, as a person sees them."""
