@@ -35,6 +35,7 @@ import numpy as np
 from flax import serialization
 
 from dmljax import checkpoint as checkpoint_lib
+from dmljax import recipes
 from dmljax import rundir
 from dmljax.data import images as images_lib
 
@@ -70,10 +71,8 @@ def _tuples(value: Any) -> Any:
 
 def _model(config: ml_collections.ConfigDict):
   """The embedder of a config read back from JSON."""
-  from dmljax import train  # pylint: disable=import-outside-toplevel
-
   config.model.backbone_kwargs = _tuples(config.model.backbone_kwargs.to_dict())
-  return train.make_model(config)
+  return recipes.make_model(config)
 
 
 def load_model(workdir: str, step: int | None = None):

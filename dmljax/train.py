@@ -9,16 +9,15 @@ class):
    "opt": Optax state, "step": int32, "rng": PRNG key data,
    "nonfinite_step": int32 (−1 while every loss so far was finite)}
 
-One jitted step embeds the batch, runs the method (sampler + loss, see
-`dmljax.methods`) on the embeddings and applies one Optax update to the
-network (Adam) and β (SGD). A step whose loss or gradients are not finite
-leaves the state unchanged and records its step number, so the last good
-state is never overwritten; the loop stops with an error naming that step.
-
-With a device mesh the step is data parallel (`dmljax.parallel`): the batch
-is split over the devices, the sampler sees the global batch (or each
-device's slice, `config.parallel.mining`), BatchNorm is synchronised, and
-the numbers do not depend on the device count.
+How a step trains is a recipe (`dmljax.recipes`): a sampler + loss method
+on P × K batches (`recipes/pk_methods.py`: one jitted step embeds the
+batch, runs the method, applies one Optax update to the network (Adam) and
+β (SGD); data parallel over a device mesh, the sampler seeing the global
+batch or each device's slice, BatchNorm synchronised, the numbers
+independent of the device count) or DE-DSP (`recipes/dsp.py`). A step
+whose loss or gradients are not finite leaves the state unchanged and
+records its step number, so the last good state is never overwritten; the
+loop stops with an error naming that step.
 
 `train_and_evaluate(config, workdir)` runs the whole job: it resumes from
 the latest checkpoint in `workdir` (data iterator included, so a killed and
@@ -26,7 +25,6 @@ rerun job ends with the same numbers as an uninterrupted one), evaluates on
 the held-out classes, and leaves metrics, plots and checkpoints behind.
 """
 
-import functools
 import os
 from typing import Any
 
@@ -41,94 +39,21 @@ from dmljax import config_checks
 from dmljax import data as data_lib
 from dmljax import divergence
 from dmljax import evaluation
-from dmljax import methods as methods_lib
 from dmljax import models as models_lib
 from dmljax import optim as optim_lib
 from dmljax import parallel
+from dmljax import recipes
 from dmljax import reporting
 from dmljax import rundir
-from dmljax.dsp import training as dsp_training
+from dmljax.recipes import pk_methods
 
-# The options of each sampler that a config carries (others take none).
-SAMPLER_OPTIONS = {
-  "random": (),
-  "hard": (),
-  "semihard": ("lower_bound", "fallback"),
-  "distance_weighted": (
-    "cutoff",
-    "nonzero_loss_cutoff",
-    "method",
-    "no_usable_negative",
-  ),
-}
-
-
-def make_model(
-  config: ml_collections.ConfigDict, *, axis_name: str | None = None
-):
-  """The embedding network of `config.model`.
-
-  `axis_name` synchronises BatchNorm over that mesh axis in training
-  (`parallel.DATA_AXIS` for the data-parallel step).
-  """
-  kwargs = dict(config.model.backbone_kwargs)
-  if axis_name is not None:
-    kwargs["axis_name"] = axis_name
-  return models_lib.make_embedder(
-    config.model.name,
-    embedding_dim=config.model.embedding_dim,
-    dtype=jnp.dtype(config.model.dtype),
-    **kwargs,
-  )
-
-
-def make_method(config: ml_collections.ConfigDict) -> methods_lib.Method:
-  """The (sampler, loss) of `config` as a pure function."""
-  sampler = config.sampler.name
-  if sampler not in SAMPLER_OPTIONS:
-    raise ValueError(
-      f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLER_OPTIONS)}."
-    )
-  options = {
-    name: config.sampler[name]
-    for name in SAMPLER_OPTIONS[sampler]
-    if config.sampler[name] is not None
-  }
-  return methods_lib.make_method(
-    sampler=sampler,
-    loss=config.loss.name,
-    images_per_class=config.data.images_per_class,
-    num_negatives=config.sampler.num_negatives,
-    margin=config.loss.margin,
-    nu=config.loss.nu,
-    reduction=config.loss.reduction,
-    sampler_kwargs=options,
-    npair_scale=config.loss.npair_scale,
-  )
-
-
-def uses_devices(config: ml_collections.ConfigDict, count: int) -> bool:
-  """Whether a one-process run of `config` would use all `count` devices.
-
-  DE-DSP runs on one device; the P × K methods on as many as the batch
-  splits over (`parallel.choose_num_devices`). Needs no JAX backend, so
-  `dmljax.cpu_devices.configure` can ask it before JAX starts.
-  """
-  if dsp_training.is_dsp(config):
-    return count == 1
-  try:
-    chosen = parallel.choose_num_devices(
-      config.data.batch_size,
-      config.data.images_per_class,
-      mining=config.parallel.mining,
-      requested=config.parallel.num_devices,
-      available=count,
-      num_processes=1,
-    )
-  except ValueError:
-    return False
-  return chosen == count
-
+# Where they live now, for callers of the earlier names.
+make_model = recipes.make_model
+uses_devices = recipes.uses_devices
+make_method = pk_methods.make_method
+make_objective = pk_methods.make_objective
+make_train_step = pk_methods.make_train_step
+SAMPLER_OPTIONS = pk_methods.SAMPLER_OPTIONS
 
 SCHEDULES = ("warmup_cosine", "step")
 GRADIENT_DIVISORS = ("none", "batch_size")
@@ -231,98 +156,14 @@ def create_train_state(
   }
 
 
-def make_objective(model, method):
-  """objective(params, batch_stats, key, batch, gather) → (loss, aux, stats).
-
-  Embeds the batch in training mode, applies `gather` (the identity, or the
-  all-gather of global mining, see `dmljax.parallel`) to the embeddings,
-  labels and image ids, and runs the method on the result.
-  """
-
-  def objective(params, batch_stats, key, batch, gather=lambda x: x):
-    embeddings, updates = model.apply(
-      {"params": params["embed"], "batch_stats": batch_stats},
-      batch["image"],
-      train=True,
-      mutable=["batch_stats"],
-    )
-    loss, aux = method(
-      key,
-      gather(embeddings),
-      gather(batch["label"]),
-      params["beta"],
-      gather(batch["index"]),
-    )
-    return loss, aux, updates.get("batch_stats", batch_stats)
-
-  return objective
-
-
-def make_train_step(model, method, tx, *, mesh=None, mining: str = "global"):
-  """step(state, batch) -> (state, metrics), jitted with the state donated.
-
-  batch: {"image": float32 [B, H, W, C], "label": int32 [B], "index": int32
-  [B] dataset image ids}. metrics: scalars (loss, the method's aux, β mean,
-  gradient norm).
-
-  With a `mesh`, the state is replicated over it, the batch is split along
-  its "data" axis (`parallel.shard_batch`) and the gradients come from
-  `parallel.sharded_gradients` with `mining` "global" or "local"; the model
-  must then synchronise BatchNorm (`make_model(..., axis_name="data")`).
-  """
-  objective = make_objective(model, method)
-  if mesh is None:
-
-    def gradients(params, batch_stats, key, batch):
-      def loss_fn(params):
-        loss, aux, stats = objective(params, batch_stats, key, batch)
-        return loss, (aux, stats)
-
-      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-      (loss, (aux, stats)), grads = grad_fn(params)
-      return loss, aux, grads, stats
-
-  else:
-    gradients = parallel.sharded_gradients(objective, mesh, mining=mining)
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def step(state, batch):
-    key = jax.random.fold_in(
-      jax.random.wrap_key_data(state["rng"]), state["step"]
-    )
-    loss, aux, grads, batch_stats = gradients(
-      state["params"], state["batch_stats"], key, batch
-    )
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.tree.norm(grads)
-    new = dict(
-      state,
-      params=params,
-      batch_stats=batch_stats,
-      opt=opt,
-      step=state["step"] + 1,
-    )
-    new = optim_lib.skip_nonfinite(new, state, loss, grads)
-    metrics = {
-      "loss": loss,
-      "grad_norm": grad_norm,
-      **beta_lib.class_beta_statistics(new["params"]["beta"]),
-      **aux,
-    }
-    return new, metrics
-
-  return step
-
-
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, float]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if possible.
 
-  The step runs data-parallel over `config.parallel.num_devices` devices
-  (0: automatic, see `parallel.choose_num_devices`) with
-  `config.parallel.mining` "global" or "local". In a multi-host run every
+  The recipe of `config` (`dmljax.recipes.build`) says what a step
+  consumes, its devices and its step; the loop, checkpoints, evaluation
+  and reporting are the same for every recipe. In a multi-host run every
   process calls this with the same config; each reads its own rows of every
   batch, and only process 0 writes metrics, plots and the summary.
 
@@ -347,47 +188,24 @@ def _train_and_evaluate(config, workdir):
   checkpointer = checkpoint_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.max_to_keep
   )
-  batch_size = config.data.batch_size
-  images_per_class = config.data.images_per_class
-  mining = config.parallel.mining
-  dsp = dsp_training.is_dsp(config)
-  if dsp:  # A pool of P × M candidates per step, on one device.
-    dsp_training.check_config(config)
-    classes, images_per_class = dsp_training.pool_shape(config)
-    batch_size = classes * images_per_class
-  num_devices = 1
-  if not dsp:
-    num_devices = parallel.choose_num_devices(
-      batch_size,
-      images_per_class,
-      mining=mining,
-      requested=config.parallel.num_devices,
-    )
-  mesh = parallel.make_mesh(num_devices)
-  model = make_model(config, axis_name=None if dsp else parallel.DATA_AXIS)
+  recipe = recipes.build(config, train_split.image_shape)
+  model = recipe.model
   tx = make_optimizer(config)
   state = create_train_state(
     config,
     model,
     tx,
-    input_shape=(batch_size, *train_split.image_shape),
+    input_shape=(recipe.batch_size, *train_split.image_shape),
     num_classes=train_split.num_classes,
     num_images=len(train_split),
   )
-  if dsp:
-    state, step_fn, pretrain_step = dsp_training.setup(
-      config, model, tx, state, train_split.image_shape
-    )
-  else:
-    step_fn = make_train_step(
-      model, make_method(config), tx, mesh=mesh, mining=mining
-    )
-    state = parallel.replicate(state, mesh)
+  prepared = recipe.prepare(state, tx)
+  state, step_fn = prepared.state, prepared.step
   batches = iter(
     data_lib.pk_batches(
       train_split,
-      batch_size=batch_size,
-      images_per_class=images_per_class,
+      batch_size=recipe.batch_size,
+      images_per_class=recipe.images_per_class,
       seed=config.seed,
       num_steps=config.train.num_steps,
       max_shift=config.data.max_shift,
@@ -403,12 +221,8 @@ def _train_and_evaluate(config, workdir):
     batches.set_state(data_state)
     start = int(parallel.to_host(state["step"]))
   log = reporting.MetricsLog(workdir, resume_step=start, enabled=primary)
-  if dsp:
-    state, pretrained = dsp_training.pretrain_sampler(
-      config, state, pretrain_step, train_split, enabled=primary
-    )
-    if pretrained is not None:
-      log.write(0, "dsn_pretrain", pretrained)
+  if prepared.before_training is not None:
+    state = prepared.before_training(state, train_split, log)
   embed_fn = evaluation.make_embed_fn(model)
   num_steps = config.train.num_steps
 
@@ -440,13 +254,13 @@ def _train_and_evaluate(config, workdir):
   collapse = divergence.CollapseWatch()
 
   progress = reporting.progress_bar(start, num_steps, enabled=primary)
-  if primary and num_devices > 1:
-    progress.write(f"Data parallel: {num_devices} devices, {mining} mining.")
+  if primary and recipe.num_devices > 1:
+    progress.write(
+      f"Data parallel: {recipe.num_devices} devices, "
+      f"{config.parallel.mining} mining."
+    )
   for step in range(start + 1, num_steps + 1):
-    batch = next(batches)
-    if not dsp:
-      batch = parallel.shard_batch(batch, mesh)
-    state, metrics = step_fn(state, batch)
+    state, metrics = step_fn(state, recipe.place_batch(next(batches)))
     if step % config.train.log_every == 0 or step == num_steps:
       check_finite(state)
       values = {name: float(v) for name, v in parallel.to_host(metrics).items()}

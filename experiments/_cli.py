@@ -244,6 +244,7 @@ def _train(config) -> None:
   """Starts JAX (devices, cache, multi-host), checks `config` and trains."""
   from dmljax import cpu_devices  # pylint: disable=import-outside-toplevel
   from dmljax import parallel  # pylint: disable=import-outside-toplevel
+  from dmljax import recipes  # pylint: disable=import-outside-toplevel
   from dmljax import train  # pylint: disable=import-outside-toplevel
 
   single_process = not (
@@ -253,7 +254,7 @@ def _train(config) -> None:
     or any(os.environ.get(name) for name in parallel.DISTRIBUTED_ENV)
   )
   if single_process:  # Before JAX starts: one CPU device per core.
-    cpu_devices.configure(lambda count: train.uses_devices(config, count))
+    cpu_devices.configure(lambda count: recipes.uses_devices(config, count))
   _use_compilation_cache()
   parallel.initialize_distributed(
     _COORDINATOR.value,

@@ -8,6 +8,7 @@ import pytest
 from dmljax import checkpoint as checkpoint_lib
 from dmljax import divergence
 from dmljax import train
+from dmljax.recipes import pk_methods
 from experiments.configs import methods
 
 _HEALTHY = {
@@ -85,7 +86,9 @@ def _collapsed_method(key, embeddings, labels, beta, image_ids):
 def test_a_collapsed_run_stops_and_saves_no_collapsed_checkpoint(
   tmp_path, monkeypatch
 ):
-  monkeypatch.setattr(train, "make_method", lambda config: _collapsed_method)
+  monkeypatch.setattr(
+    pk_methods, "make_method", lambda config: _collapsed_method
+  )
   with pytest.raises(divergence.EmbeddingCollapseError, match="at step 1"):
     train.train_and_evaluate(_config(), str(tmp_path))
   assert checkpoint_lib.saved_steps(str(tmp_path / "checkpoints")) == []
@@ -97,7 +100,7 @@ def _nan_method(key, embeddings, labels, beta, image_ids):
 
 
 def test_a_nonfinite_step_without_checkpoint_says_so(tmp_path, monkeypatch):
-  monkeypatch.setattr(train, "make_method", lambda config: _nan_method)
+  monkeypatch.setattr(pk_methods, "make_method", lambda config: _nan_method)
   with pytest.raises(FloatingPointError) as error:
     train.train_and_evaluate(_config(), str(tmp_path))
   assert "no checkpoint had been saved yet" in str(error.value)

@@ -13,6 +13,7 @@ import pytest
 
 from dmljax import reporting
 from dmljax import train
+from dmljax.recipes import pk_methods
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,7 +103,7 @@ def _nan_method(key, embeddings, labels, beta, image_ids):
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
-  monkeypatch.setattr(train, "make_method", lambda config: _nan_method)
+  monkeypatch.setattr(pk_methods, "make_method", lambda config: _nan_method)
   with pytest.raises(FloatingPointError, match="NaN/inf at step 1"):
     train.train_and_evaluate(_config(), str(tmp_path))
   assert not os.listdir(tmp_path / "checkpoints")
