@@ -177,6 +177,37 @@ def embedding_optimizer(
   )
 
 
+def apply_gradients(
+  tx: optax.GradientTransformation,
+  state: dict,
+  grads,
+  loss: jax.Array,
+  **changes,
+) -> tuple[dict, jax.Array]:
+  """One guarded Optax update of a train state: every recipe's step ends here.
+
+  Args:
+    tx: the optimiser of state["params"] (state["opt"] is its state).
+    state: a train-state dict with "params", "opt", "step", "nonfinite_step".
+    grads: ∂loss/∂params.
+    loss: the step's scalar loss.
+    **changes: other entries of the new state (e.g. batch_stats).
+
+  Returns:
+    (the new state, or `state` with the bad step recorded when the loss or
+    gradients are not finite (`skip_nonfinite`); the gradients' global norm).
+  """
+  updates, opt = tx.update(grads, state["opt"], state["params"])
+  new = dict(
+    state,
+    params=optax.apply_updates(state["params"], updates),
+    opt=opt,
+    step=state["step"] + 1,
+    **changes,
+  )
+  return skip_nonfinite(new, state, loss, grads), optax.tree.norm(grads)
+
+
 def skip_nonfinite(new: dict, state: dict, loss: jax.Array, grads) -> dict:
   """`new` if the loss and gradients are finite, else the old `state`.
 

@@ -10,6 +10,7 @@ MXNet adds it before the correction, which only matters while |g| ≲ 30 ε).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dmljax import optim
@@ -109,3 +110,42 @@ def test_unknown_optimizer_choices_are_refused_with_the_choices(name, value):
   config[section][field] = value
   with pytest.raises(ValueError, match="choose one of"):
     train.make_optimizer(config)
+
+
+def _sgd_state(params):
+  tx = optax.sgd(0.5)
+  state = {
+    "params": params,
+    "opt": tx.init(params),
+    "step": jnp.asarray(3, jnp.int32),
+    "nonfinite_step": jnp.asarray(-1, jnp.int32),
+    "batch_stats": {"mean": jnp.zeros(2)},
+  }
+  return tx, state
+
+
+def test_apply_gradients_is_one_update_and_reports_the_norm():
+  params = {"w": jnp.asarray([1.0, -2.0]), "b": jnp.asarray(0.5)}
+  grads = {"w": jnp.asarray([3.0, 4.0]), "b": jnp.asarray(0.0)}
+  tx, state = _sgd_state(params)
+  stats = {"mean": jnp.ones(2)}
+  new, norm = optim.apply_gradients(
+    tx, state, grads, jnp.asarray(1.0), batch_stats=stats
+  )
+  np.testing.assert_allclose(new["params"]["w"], [1.0 - 1.5, -2.0 - 2.0])
+  np.testing.assert_allclose(new["params"]["b"], 0.5)
+  np.testing.assert_allclose(norm, 5.0)
+  np.testing.assert_array_equal(new["batch_stats"]["mean"], stats["mean"])
+  assert int(new["step"]) == 4 and int(new["nonfinite_step"]) == -1
+
+
+def test_apply_gradients_keeps_the_state_on_a_nonfinite_loss():
+  params = {"w": jnp.asarray([1.0, -2.0])}
+  tx, state = _sgd_state(params)
+  grads = {"w": jnp.asarray([1.0, 1.0])}
+  new, _ = optim.apply_gradients(
+    tx, state, grads, jnp.asarray(jnp.nan), batch_stats={"mean": jnp.ones(2)}
+  )
+  np.testing.assert_array_equal(new["params"]["w"], params["w"])
+  np.testing.assert_array_equal(new["batch_stats"]["mean"], jnp.zeros(2))
+  assert int(new["step"]) == 3 and int(new["nonfinite_step"]) == 4

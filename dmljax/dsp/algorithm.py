@@ -317,21 +317,13 @@ def _embedding_step(model, tx, sampler_updates, *, reduction, **loss_options):
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (terms, batch_stats)), grads = grad_fn(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    new = dict(
-      state,
-      params=optax.apply_updates(state["params"], updates),
-      batch_stats=batch_stats,
-      opt=opt,
-      dsn=dsn,
-      dsn_opt=dsn_opt,
-      step=state["step"] + 1,
+    new, grad_norm = optim.apply_gradients(
+      tx, state, grads, loss, batch_stats=batch_stats, dsn=dsn, dsn_opt=dsn_opt
     )
-    new = optim.skip_nonfinite(new, state, loss, grads)
     valid = tuples.mask
     metrics = {
       "loss": loss,
-      "grad_norm": optax.tree.norm(grads),
+      "grad_norm": grad_norm,
       "dsn_loss": jnp.mean(dsn_losses),
       "mean_score": jnp.mean(scores),
       "fraction_valid": jnp.mean(valid),
