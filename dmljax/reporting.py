@@ -138,6 +138,19 @@ def plot_curves(workdir: str) -> list[str]:
   return paths
 
 
+class _DisplayImages:
+  """A split's images as a sequence, decoded only when one is asked for."""
+
+  def __init__(self, split):
+    self.split = split
+
+  def __len__(self) -> int:
+    return len(self.split)
+
+  def __getitem__(self, row: int):
+    return self.split.display_images([row])[0]
+
+
 def plot_embedding(
   workdir: str, split, embeddings, *, seed: int = 0
 ) -> list[str]:
@@ -153,23 +166,15 @@ def plot_embedding(
   from dmljax.plots import retrieval
   from dmljax.plots import tsne
 
-  labels = np.asarray(split.labels)
   names = np.asarray(split.class_names, dtype=object)
-  examples = retrieval.retrieval_examples(embeddings, seed=seed)
-  rows = np.concatenate([examples.queries, examples.neighbors.ravel()])
-  images = dict(zip(rows.tolist(), split.display_images(rows), strict=True))
+  labels = names[np.asarray(split.labels)]
   paths = [
     os.path.join(workdir, name) for name in ("retrieval.png", "tsne.png")
   ]
-  retrieval.retrieval_figure(
-    [images[q] for q in examples.queries.tolist()],
-    [[images[i] for i in row] for row in examples.neighbors.tolist()],
-    examples.distances,
-    paths[0],
-    query_labels=names[labels[examples.queries]].tolist(),
-    neighbor_labels=names[labels[examples.neighbors]].tolist(),
+  retrieval.split_retrieval_figure(
+    _DisplayImages(split), labels, embeddings, paths[0], seed=seed
   )
-  tsne.tsne_figure(embeddings, names[labels], paths[1], seed=seed)
+  tsne.tsne_figure(embeddings, labels, paths[1], seed=seed)
   return paths
 
 
