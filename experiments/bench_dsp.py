@@ -51,21 +51,20 @@ def _timed(fn, *args) -> float:
   return float(np.median(times))
 
 
-def main(argv):
-  del argv
-  classes, per_class, size = _CLASSES.value, _PER_CLASS.value, _SIZE.value
-  count = classes * per_class
-  if count % _CHUNK.value:
-    raise app.UsageError("classes × images_per_class must divide by --chunk.")
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.random((count, size, size, 1), np.float32))
-  anchor, positive = images[:1], images[1:2]
+def _exhaustive_search(size: int, per_class: int):
+  """(search, variables): the semi-hard negative by embedding every image.
 
+  search(variables, images, anchor, positive) embeds the candidates in
+  chunks of --chunk with the embedding network (SmallConvNet + 128-d head)
+  and applies the semi-hard rule (eq. 3) to the anchor's distances; the
+  first `per_class` candidates are the anchor's class.
+  """
   model = models.make_embedder("small", embedding_dim=128)
   variables = models.init_embedder(model, jax.random.key(0), (2, size, size))
 
   @jax.jit
-  def exhaustive(variables, images, anchor, positive):
+  def search(variables, images, anchor, positive):
+    count = images.shape[0]
     chunks = images.reshape(-1, _CHUNK.value, size, size, 1)
     embed = lambda x: model.apply(variables, x, train=False)  # noqa: E731
     candidates = jax.lax.map(embed, chunks).reshape(count, -1)
@@ -76,6 +75,18 @@ def main(argv):
     semihard = other & (d_an > d_ap)
     return jnp.argmin(jnp.where(semihard, d_an, jnp.inf))
 
+  return search, variables
+
+
+def _sampler_network_searches(size: int, classes: int, per_class: int):
+  """(dsn, dsn_cached, features): the deep sampler network's two ways.
+
+  dsn(key, images, anchor, positive) runs the trunk over every candidate
+  (class summaries), then the class and negative heads;
+  dsn_cached(key, summaries, images, anchor, positive) is given the class
+  summaries and runs the trunk over the chosen class only. `features` is
+  the summaries' width.
+  """
   network = network_lib.DeepSamplerNetwork()
   params = network_lib.init_sampler(network, jax.random.key(1), (size, size, 1))
   apply = lambda method, *args: network.apply(  # noqa: E731
@@ -89,39 +100,28 @@ def main(argv):
     index, _, _ = policy.sample(key, logits, jnp.ones(logits.shape, bool))
     return index
 
+  def negative(key, summaries, images, anchor, positive):
+    """The class head over `summaries`, the negative head over its choice."""
+    a, p = apply(net.features_of, anchor), apply(net.features_of, positive)
+    logits = apply(net.class_logits, a, summaries)
+    mask = jnp.arange(classes)[None] != 0
+    chosen, _, _ = policy.sample(key, logits, mask)
+    class_images = jax.lax.dynamic_slice_in_dim(
+      images, chosen[0] * per_class, per_class
+    )
+    return negative_of_class(key, a, p, class_images, 0)
+
   @jax.jit
   def dsn(key, images, anchor, positive):
     features = apply(net.features_of, images).reshape(classes, per_class, -1)
     summaries = jnp.mean(features, axis=1)[None]
-    a, p = apply(net.features_of, anchor), apply(net.features_of, positive)
-    logits = apply(net.class_logits, a, summaries)
-    mask = jnp.arange(classes)[None] != 0
-    chosen, _, _ = policy.sample(key, logits, mask)
-    class_images = jax.lax.dynamic_slice_in_dim(
-      images, chosen[0] * per_class, per_class
-    )
-    return negative_of_class(key, a, p, class_images, 0)
+    return negative(key, summaries, images, anchor, positive)
 
-  @jax.jit
-  def dsn_cached(key, summaries, images, anchor, positive):
-    a, p = apply(net.features_of, anchor), apply(net.features_of, positive)
-    logits = apply(net.class_logits, a, summaries)
-    mask = jnp.arange(classes)[None] != 0
-    chosen, _, _ = policy.sample(key, logits, mask)
-    class_images = jax.lax.dynamic_slice_in_dim(
-      images, chosen[0] * per_class, per_class
-    )
-    return negative_of_class(key, a, p, class_images, 0)
+  return dsn, jax.jit(negative), network.features
 
-  key = jax.random.key(2)
-  summaries = jnp.zeros((1, classes, network.features))
-  rows = {
-    "exhaustive": _timed(exhaustive, variables, images, anchor, positive),
-    "dsn": _timed(dsn, key, images, anchor, positive),
-    "dsn_cached_summaries": _timed(
-      dsn_cached, key, summaries, images, anchor, positive
-    ),
-  }
+
+def _report(rows: dict[str, float], classes: int, per_class: int, size: int):
+  """Prints the table (speed-up over exhaustive) and writes the JSON --out."""
   print(
     f"One negative among {classes} classes × {per_class} images "
     f"({size} × {size}), {jax.devices()[0].platform}:"
@@ -147,6 +147,31 @@ def main(argv):
       indent=2,
     )
   print(f"JSON: {_OUT.value}")
+
+
+def main(argv):
+  del argv
+  classes, per_class, size = _CLASSES.value, _PER_CLASS.value, _SIZE.value
+  count = classes * per_class
+  if count % _CHUNK.value:
+    raise app.UsageError("classes × images_per_class must divide by --chunk.")
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((count, size, size, 1), np.float32))
+  anchor, positive = images[:1], images[1:2]
+  exhaustive, variables = _exhaustive_search(size, per_class)
+  dsn, dsn_cached, features = _sampler_network_searches(
+    size, classes, per_class
+  )
+  key = jax.random.key(2)
+  summaries = jnp.zeros((1, classes, features))
+  rows = {
+    "exhaustive": _timed(exhaustive, variables, images, anchor, positive),
+    "dsn": _timed(dsn, key, images, anchor, positive),
+    "dsn_cached_summaries": _timed(
+      dsn_cached, key, summaries, images, anchor, positive
+    ),
+  }
+  _report(rows, classes, per_class, size)
 
 
 if __name__ == "__main__":

@@ -231,13 +231,8 @@ def machine_info() -> dict:
   )
 
 
-def main(argv):
-  del argv
-  ks = [int(k) for k in _KS.value]
-  peers = set(_PEERS.value)
-  if unknown := peers - {"faiss", "sklearn", "pml"}:
-    raise app.UsageError(f"Unknown --peers {sorted(unknown)}.")
-  info = machine_info()
+def _print_header(info: dict) -> None:
+  """The machine line, what the columns mean, and the column titles."""
   print(
     f"jax {info['jax']} ({info['backend']}), {info['cpu_count']} CPUs, "
     f"1-min load {info['load_average_1min']:.2f}. Times: median seconds of "
@@ -248,6 +243,87 @@ def main(argv):
     f"{'cell':24} {'impl':18} {'median s':>9} {'x':>8} {'n':>3} "
     f"{'peak MB':>9}  values"
   )
+
+
+def _recall_rows(sop: tuple, ks: list[int], peers: set[str]) -> list[dict]:
+  """Recall@k on the SOP-sized data: dmljax first, then each peer."""
+  rows = [
+    run_cell(
+      "recall_dmljax", sop, dict(ks=ks, block_size=_BLOCK.value), warmup=True
+    )
+  ]
+  for peer in ("faiss", "sklearn", "pml"):
+    if peer in peers:
+      rows.append(run_cell(f"recall_{peer}", sop, dict(ks=ks)))
+  return rows
+
+
+def _same_iterations(row: dict) -> dict:
+  """The peer runs as many Lloyd steps as dmljax (which may stop early)."""
+  done = row.get("values", {}).get("iterations", _KM_ITERS.value)
+  return dict(num_iters=max(done, 1))
+
+
+def _kmeans_rows(km_data: tuple, peers: set[str]) -> list[dict]:
+  """k-means + NMI: dmljax random seeding, faiss, dmljax k-means++, sklearn.
+
+  Each peer runs as many Lloyd steps as the dmljax run before it.
+  """
+  iters = dict(num_iters=_KM_ITERS.value)
+  rows = [
+    run_cell("kmeans_dmljax", km_data, iters | dict(init="random"), warmup=True)
+  ]
+  if "faiss" in peers:
+    rows.append(run_cell("kmeans_faiss", km_data, _same_iterations(rows[0])))
+  rows.append(
+    run_cell(
+      "kmeans_dmljax", km_data, iters | dict(init="kmeans++"), warmup=True
+    )
+  )
+  if "sklearn" in peers:
+    rows.append(run_cell("kmeans_sklearn", km_data, _same_iterations(rows[-1])))
+  return rows
+
+
+def _sop_kmeans_rows(sop: tuple, peers: set[str]) -> list[dict]:
+  """k-means at K = num_classes on all points: dmljax, then faiss (1 call)."""
+  iters = dict(num_iters=_SOP_ITERS.value)
+  rows = [
+    run_cell(
+      "kmeans_dmljax",
+      sop,
+      iters | dict(init="random"),
+      warmup=True,
+      repeats=1,
+    )
+  ]
+  if "faiss" in peers:
+    rows.append(
+      run_cell("kmeans_faiss", sop, _same_iterations(rows[0]), repeats=1)
+    )
+  return rows
+
+
+def _write_json(info: dict, cells: list[dict]) -> None:
+  """--out: the machine, the flags that shape the run, and every cell."""
+  names = "num_points num_classes dim noise ks block_size kmeans_points"
+  names += " kmeans_clusters kmeans_noise kmeans_iters sop_kmeans_iters"
+  names += " repeats budget_s peers seed"
+  config = {k: flags.FLAGS[k].value for k in names.split()}
+  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+  with open(_OUT.value, "w") as f:
+    json.dump(dict(machine=info, config=config, cells=cells), f, indent=2)
+  print(f"\nWrote {_OUT.value}")
+
+
+def main(argv):
+  del argv
+  ks = [int(k) for k in _KS.value]
+  peers = set(_PEERS.value)
+  if unknown := peers - {"faiss", "sklearn", "pml"}:
+    raise app.UsageError(f"Unknown --peers {sorted(unknown)}.")
+  info = machine_info()
+  _print_header(info)
   sop = (_N.value, _C.value, _DIM.value, _NOISE.value, _SEED.value)
   cells = []
 
@@ -256,15 +332,7 @@ def main(argv):
     for row in rows:
       print_row(title, row, rows[0])
 
-  recall_rows = [
-    run_cell(
-      "recall_dmljax", sop, dict(ks=ks, block_size=_BLOCK.value), warmup=True
-    )
-  ]
-  for peer in ("faiss", "sklearn", "pml"):
-    if peer in peers:
-      recall_rows.append(run_cell(f"recall_{peer}", sop, dict(ks=ks)))
-  cell(f"recall@k N={_N.value}", recall_rows)
+  cell(f"recall@k N={_N.value}", _recall_rows(sop, ks, peers))
   cell(
     f"map@r N={_N.value}",
     [
@@ -276,55 +344,12 @@ def main(argv):
       )
     ],
   )
-
   km_data = (_KM_N.value, _KM_C.value, _DIM.value, _KM_NOISE.value, _SEED.value)
   km_data += (False,)
-  iters = dict(num_iters=_KM_ITERS.value)
-
-  def same_iterations(row):
-    """The peer runs as many Lloyd steps as dmljax (which may stop early)."""
-    done = row.get("values", {}).get("iterations", _KM_ITERS.value)
-    return dict(num_iters=max(done, 1))
-
-  rows = [
-    run_cell("kmeans_dmljax", km_data, iters | dict(init="random"), warmup=True)
-  ]
-  if "faiss" in peers:
-    rows.append(run_cell("kmeans_faiss", km_data, same_iterations(rows[0])))
-  rows.append(
-    run_cell(
-      "kmeans_dmljax", km_data, iters | dict(init="kmeans++"), warmup=True
-    )
-  )
-  if "sklearn" in peers:
-    rows.append(run_cell("kmeans_sklearn", km_data, same_iterations(rows[-1])))
-  cell(f"kmeans N={_KM_N.value} K={_KM_C.value}", rows)
-
+  cell(f"kmeans N={_KM_N.value} K={_KM_C.value}", _kmeans_rows(km_data, peers))
   if _SOP_ITERS.value > 0:
-    iters = dict(num_iters=_SOP_ITERS.value)
-    rows = [
-      run_cell(
-        "kmeans_dmljax",
-        sop,
-        iters | dict(init="random"),
-        warmup=True,
-        repeats=1,
-      )
-    ]
-    if "faiss" in peers:
-      rows.append(
-        run_cell("kmeans_faiss", sop, same_iterations(rows[0]), repeats=1)
-      )
-    cell(f"kmeans N={_N.value} K={_C.value}", rows)
-
-  names = "num_points num_classes dim noise ks block_size kmeans_points"
-  names += " kmeans_clusters kmeans_noise kmeans_iters sop_kmeans_iters"
-  names += " repeats budget_s peers seed"
-  config = {k: flags.FLAGS[k].value for k in names.split()}
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  with open(_OUT.value, "w") as f:
-    json.dump(dict(machine=info, config=config, cells=cells), f, indent=2)
-  print(f"\nWrote {_OUT.value}")
+    cell(f"kmeans N={_N.value} K={_C.value}", _sop_kmeans_rows(sop, peers))
+  _write_json(info, cells)
 
 
 if __name__ == "__main__":

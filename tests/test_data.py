@@ -4,12 +4,14 @@ import json
 import os
 import types
 
+import ml_collections
 import numpy as np
 import pytest
 from sklearn import datasets
 
 from dmljax.data import augment
 from dmljax.data import embedded
+from dmljax.data import from_config
 from dmljax.data import glyphs
 from dmljax.data import pk
 from dmljax.data.split import Split
@@ -416,12 +418,18 @@ def test_pk_num_steps(digits_train):
   assert len(list(pk.pk_batches(digits_train, batch_size=10, num_steps=3))) == 3
 
 
-def test_workers_need_parsed_flags(digits_train, monkeypatch):
+def test_workers_need_parsed_flags(monkeypatch):
   monkeypatch.setattr(
-    pk.flags, "FLAGS", types.SimpleNamespace(is_parsed=lambda: False)
+    from_config.flags, "FLAGS", types.SimpleNamespace(is_parsed=lambda: False)
+  )
+  from_config.check_grain_workers(0)  # No worker: no flag is read.
+  with pytest.raises(RuntimeError, match="mark_as_parsed"):
+    from_config.check_grain_workers(1)
+  config = ml_collections.ConfigDict(
+    {"data": {"name": "digits", "num_workers": 1}}
   )
   with pytest.raises(RuntimeError, match="mark_as_parsed"):
-    pk.pk_batches(digits_train, batch_size=10, num_workers=1)
+    from_config.load_splits(config)  # Before reading any data.
 
 
 @pytest.mark.parametrize(

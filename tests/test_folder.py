@@ -6,6 +6,7 @@ image (left out of training, still exported).
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -99,13 +100,14 @@ def test_explicit_test_classes(tmp_path):
     folder.split_mask(listing, "test", test_classes=("nope",))
 
 
-def test_single_image_class_is_left_out_with_a_printed_count(tmp_path, capsys):
+def test_single_image_class_is_left_out_with_a_logged_count(tmp_path, caplog):
   listing = folder.read_folder(_make_folder(tmp_path / "d", classes=3))
   mask = np.ones(len(listing), bool)
-  split = folder.file_split(listing, mask, name="mine/all", preprocess=_PRE)
+  with caplog.at_level(logging.WARNING, logger=folder.__name__):
+    split = folder.file_split(listing, mask, name="mine/all", preprocess=_PRE)
   assert split.class_names == ("c0", "c1", "c2")
   assert len(split) == 12
-  assert "left out 1 class(es) with a single image" in capsys.readouterr().out
+  assert "left out 1 class(es) with a single image" in caplog.text
 
 
 def test_small_class_is_sampled_with_replacement(tmp_path):
@@ -246,7 +248,8 @@ def test_train_export_query(tmp_path, layout, suffix):
     ]
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "left out 1 class(es) with a single image" in result.stdout
+  # A warning (absl's log handler, on stderr).
+  assert "left out 1 class(es) with a single image" in result.stderr
   summary = json.loads((run / "summary.json").read_text())
   assert summary["config"]["data"]["name"] == "folder"
   assert 0.0 <= summary["final"]["recall@1"] <= 1.0

@@ -19,8 +19,6 @@ import numpy as np
 import scipy.io
 
 from dmljax.data import files
-from dmljax.data.images import PAPER_SQUARE
-from dmljax.data.images import Preprocess
 
 HOW_TO_GET = (
   "CARS196 comes from the Stanford Cars page "
@@ -85,20 +83,14 @@ def parse_annotations(path: str):
   return relative, classes, boxes, tuple(class_names)
 
 
-def load(
-  data_dir: str,
-  split: str,
-  *,
-  preprocess: Preprocess = PAPER_SQUARE,
-  check_counts: bool = True,
-  cropped: bool = False,
-) -> files.FileSplit:
+def load(data_dir, split, *, preprocess, check_counts, cropped):
   """The train (classes 1–98) or test (99–196) split of CARS196.
 
   Args:
     data_dir: the folder holding car_ims/ and cars_annos.mat.
     split: "train" or "test".
-    preprocess: scaling and crop (cropped: 256 × 256, crop 224).
+    preprocess: scaling and crop (`readers.READERS`' default: the
+      paper's, 256 × 256, crop 224).
     check_counts: compare with the official image and class counts.
     cropped: cut each image to its bounding box first.
   """

@@ -20,8 +20,6 @@ import os
 import numpy as np
 
 from dmljax.data import files
-from dmljax.data.images import PAPER_PADDED
-from dmljax.data.images import Preprocess
 
 HOW_TO_GET = (
   "CUB-200-2011 comes from https://www.vision.caltech.edu/datasets/cub_200_2011/"
@@ -86,20 +84,14 @@ def parse_lists(data_dir: str):
   return relative, classes, corners
 
 
-def load(
-  data_dir: str,
-  split: str,
-  *,
-  preprocess: Preprocess = PAPER_PADDED,
-  check_counts: bool = True,
-  cropped: bool = False,
-) -> files.FileSplit:
+def load(data_dir, split, *, preprocess, check_counts, cropped):
   """The train (species 1–100) or test (101–200) split of CUB-200-2011.
 
   Args:
     data_dir: the folder holding images.txt and images/.
     split: "train" or "test".
-    preprocess: scaling and crop (the paper's: mode "pad", 256, crop 224).
+    preprocess: scaling and crop (`readers.READERS`' default: the
+      paper's, mode "pad", 256, crop 224).
     check_counts: compare with the official image and class counts.
     cropped: cut each image to its bounding box first.
   """

@@ -25,7 +25,6 @@ import os
 import numpy as np
 
 from dmljax.data import files
-from dmljax.data.images import PAPER_SQUARE
 from dmljax.data.images import Preprocess
 
 _logger = logging.getLogger(__name__)
@@ -153,20 +152,14 @@ def _lfw(data_dir: str, preprocess: Preprocess, check_counts: bool):
   )
 
 
-def load(
-  data_dir: str,
-  split: str,
-  *,
-  preprocess: Preprocess = PAPER_SQUARE,
-  check_counts: bool = True,
-  cropped: bool = False,
-) -> files.FileSplit:
+def load(data_dir, split, *, preprocess, check_counts, cropped):
   """CASIA-WebFace ("train") or LFW's verification pairs ("test").
 
   Args:
     data_dir: the folder holding CASIA-WebFace/, lfw/ and pairs.txt.
     split: "train" or "test".
-    preprocess: scaling and crop (256 × 256, crop 224).
+    preprocess: scaling and crop (`readers.READERS`' default: 256 ×
+      256, crop 224).
     check_counts: compare with the official counts (images and identities
       of CASIA-WebFace; 10 folds × 600 pairs of LFW).
     cropped: faces have no boxes; must be False.

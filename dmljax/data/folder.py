@@ -25,13 +25,14 @@ The listing is cut into train and test (`split_mask`):
 
 Small classes (the rule): a class needs 2 images in a split to give a
 positive pair; a class with 1 image there is left out of that split and the
-number left out is printed. A class with 2..K−1 images is kept and sampled
-with replacement in its P×K batches (`pk.pk_batches`). Export
-(`dmljax.export`) embeds every image, singletons included.
+number left out is logged (a warning, `logging`). A class with 2..K−1 images
+is kept and sampled with replacement in its P×K batches (`pk.pk_batches`).
+Export (`dmljax.export`) embeds every image, singletons included.
 """
 
 import csv
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -40,6 +41,8 @@ from PIL import Image
 from dmljax.data import images
 from dmljax.data.files import FileSplit
 from dmljax.data.images import Preprocess
+
+_logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (
   ".jpg",
@@ -295,15 +298,19 @@ def file_split(
   """The FileSplit of the masked images, without single-image classes.
 
   Classes keep their sorted-name order, labelled 0..C-1. The number of
-  classes left out for having one image is printed (module docstring).
+  classes left out for having one image is logged as a warning (module
+  docstring).
   """
   classes = np.asarray(listing.classes)
   names, counts = np.unique(classes[mask], return_counts=True)
   singles = set(names[counts < 2].tolist())
   if singles:
-    print(
-      f"{name}: left out {len(singles)} class(es) with a single image (no "
-      f"positive pair), e.g. {sorted(singles)[:5]}."
+    _logger.warning(
+      "%s: left out %d class(es) with a single image (no positive pair), "
+      "e.g. %s.",
+      name,
+      len(singles),
+      sorted(singles)[:5],
     )
   kept = names[counts >= 2]
   index = {c: i for i, c in enumerate(kept.tolist())}

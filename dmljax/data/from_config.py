@@ -3,9 +3,13 @@
 `load_splits(config)` reads `config.data` (name, data_dir, data_source,
 preprocessing, split settings) and returns in-memory `Split`s (embedded
 data) or `FileSplit`s (benchmarks on disk or in tfds, the user's folder).
+`check_grain_workers` refuses grain worker processes before absl flags are
+parsed (the workers read them).
 """
 
 from typing import Any
+
+from absl import flags
 
 from dmljax.data import embedded
 from dmljax.data import folder
@@ -64,13 +68,31 @@ def _load_folder_split(config, split):
   )
 
 
+def check_grain_workers(num_workers: int) -> None:
+  """RuntimeError when `num_workers` grain worker processes cannot start.
+
+  grain's worker processes read absl flags, so with num_workers > 0 the
+  flags must be parsed first (the data pipeline itself, `pk.py`, does not
+  depend on absl).
+  """
+  if num_workers > 0 and not flags.FLAGS.is_parsed():
+    raise RuntimeError(
+      "grain's worker processes read absl flags, which are not parsed yet: "
+      "run under absl.app.run, call absl.flags.FLAGS.mark_as_parsed(), or "
+      "use num_workers=0."
+    )
+
+
 def load_splits(config) -> tuple[Any, Any]:
   """(train, test) splits of `config.data.name`, as the config says.
 
   The user's folder or CSV ("folder"), a benchmark on disk or in tfds
   (`readers.READERS`), or an embedded dataset ("glyphs", "digits"). With
   `config.eval.max_classes`, the test split keeps its first classes only.
+  First, `check_grain_workers(config.data.num_workers)`: the batches of
+  these splits are made by that many grain workers.
   """
+  check_grain_workers(config.data.get("num_workers", 0))
   name = config.data.name
   if name == "folder":  # The user's own images.
     train, test = (_load_folder_split(config, s) for s in ("train", "test"))

@@ -19,8 +19,6 @@ import os
 import numpy as np
 
 from dmljax.data import files
-from dmljax.data.images import PAPER_SQUARE
-from dmljax.data.images import Preprocess
 
 HOW_TO_GET = (
   "In-Shop Clothes Retrieval is part of DeepFashion "
@@ -84,20 +82,14 @@ def _locate(data_dir: str) -> tuple[str, str]:
   return os.path.join(data_dir, list_path), root
 
 
-def load(
-  data_dir: str,
-  split: str,
-  *,
-  preprocess: Preprocess = PAPER_SQUARE,
-  check_counts: bool = True,
-  cropped: bool = False,
-) -> files.FileSplit:
+def load(data_dir, split, *, preprocess, check_counts, cropped):
   """The train split, or the test split (query + gallery), of In-Shop.
 
   Args:
     data_dir: the benchmark folder (see the module docstring).
     split: "train" or "test".
-    preprocess: scaling and crop (the paper's: 256 × 256, crop 224).
+    preprocess: scaling and crop (`readers.READERS`' default: the
+      paper's, 256 × 256, crop 224).
     check_counts: compare with the official image and item counts.
     cropped: In-Shop's boxes are not used; must be False.
   """

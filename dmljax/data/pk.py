@@ -25,7 +25,6 @@ import dataclasses
 
 import grain
 import numpy as np
-from absl import flags
 
 from dmljax.data.files import FileSplit
 from dmljax.data.split import Split
@@ -177,12 +176,6 @@ def _iterable(dataset: grain.MapDataset, num_workers: int) -> grain.IterDataset:
   iterable = dataset.to_iter_dataset(_READ_OPTIONS)
   if num_workers == 0:
     return iterable
-  if not flags.FLAGS.is_parsed():
-    raise RuntimeError(
-      "grain's worker processes read absl flags, which are not parsed yet: "
-      "run under absl.app.run, call absl.flags.FLAGS.mark_as_parsed(), or "
-      "use num_workers=0."
-    )
   options = grain.MultiprocessingOptions(num_workers=num_workers)
   return iterable.mp_prefetch(options)
 
@@ -216,6 +209,8 @@ def pk_batches(
     flip: mirror images at random (off for glyphs and digits: a mirrored
       glyph is another glyph).
     num_workers: grain worker processes; 0 makes batches in this process.
+      The workers read absl flags: parse them first (a config's run checks
+      with `from_config.check_grain_workers`).
     shard_index: which contiguous slice of each batch to return, in
       0..shard_count-1 (a process of a multi-host run reads its own slice:
       `jax.process_index()`).

@@ -19,8 +19,6 @@ import os
 import numpy as np
 
 from dmljax.data import files
-from dmljax.data.images import PAPER_SQUARE
-from dmljax.data.images import Preprocess
 
 HOW_TO_GET = (
   "Stanford Online Products comes from the project page "
@@ -71,20 +69,14 @@ def parse_list(path: str) -> tuple[list[int], list[str]]:
   return classes, paths
 
 
-def load(
-  data_dir: str,
-  split: str,
-  *,
-  preprocess: Preprocess = PAPER_SQUARE,
-  check_counts: bool = True,
-  cropped: bool = False,
-) -> files.FileSplit:
+def load(data_dir, split, *, preprocess, check_counts, cropped):
   """The train or test split of SOP as a `FileSplit`.
 
   Args:
     data_dir: the folder holding Ebay_train.txt and Ebay_test.txt.
     split: "train" or "test".
-    preprocess: scaling and crop (the paper's: 256 × 256, crop 224).
+    preprocess: scaling and crop (`readers.READERS`' default: the
+      paper's, 256 × 256, crop 224).
     check_counts: compare with the official image and class counts.
     cropped: SOP has no boxes; must be False.
   """

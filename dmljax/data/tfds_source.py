@@ -38,9 +38,8 @@ from PIL import Image
 from dmljax.data import cars196
 from dmljax.data import cub200
 from dmljax.data import files
+from dmljax.data import readers
 from dmljax.data import sop
-from dmljax.data.images import PAPER_PADDED
-from dmljax.data.images import PAPER_SQUARE
 from dmljax.data.images import Preprocess
 
 # Our benchmark name → the tfds dataset name.
@@ -180,30 +179,8 @@ def _read_fields(source, fields: tuple[str, ...], sizes: bool) -> dict:
   return out
 
 
-def load(
-  name: str,
-  split: str,
-  *,
-  data_dir: str | None = None,
-  preprocess: Preprocess | None = None,
-  check_counts: bool = True,
-  cropped: bool = False,
-) -> files.FileSplit:
-  """The `split` ("train" / "test") of benchmark `name` from prepared tfds.
-
-  Args:
-    name: "sop", "cars196" or "cub200" (see the module docstring).
-    split: "train" or "test", with the file readers' class split.
-    data_dir: the tfds data directory; "" or None for tfds's default.
-    preprocess: scaling and crop; None for the paper's (as the file
-      readers: CUB padded, the others square).
-    check_counts: compare with the official image and class counts.
-    cropped: CARS196 / CUB: cut each image to its bounding box first.
-
-  Returns:
-    A `FileSplit` whose `paths` name the records ("tfds:<name>/<split>[i]")
-    and whose `records` hold the encoded images.
-  """
+def _check_request(name: str, split: str, cropped: bool) -> None:
+  """ValueError for what tfds cannot give: the dataset, split or boxes."""
   if name not in TFDS_NAMES:
     why = {
       "lfw": (
@@ -220,8 +197,59 @@ def load(
     raise ValueError(f"Unknown split {split!r}; valid splits: train, test.")
   if name == "sop" and cropped:
     raise ValueError("SOP has no bounding boxes: set data.cropped=False.")
+
+
+def _pixel_boxes(name: str, scanned: dict, index: np.ndarray) -> np.ndarray:
+  """float32 [N, 4] x1y1x2y2 pixel boxes of the records `index`.
+
+  tfds stores (ymin, xmin, ymax, xmax) divided by the image size.
+  """
+  norm = np.asarray(scanned["bbox"], np.float32)[index]
+  size = np.asarray(scanned["size"], np.float32)[index]
+  boxes = norm[:, [1, 0, 3, 2]] * np.tile(size, 2)
+  if name == "cars196":  # tfds kept the 1-based corners of the .mat file.
+    boxes[:, :2] -= 1
+  return boxes
+
+
+def _class_names(
+  name: str, builder, label_field: str, present: np.ndarray
+) -> tuple[str, ...]:
+  """The names of the `present` class ids, as the file readers name them."""
+  if name == "cars196":  # The make and model names.
+    feature = builder.info.features[label_field]
+    return tuple(feature.int2str(int(c)) for c in present)
+  # The official 1-based class ids.
+  return tuple(str(int(c) + 1) for c in present)
+
+
+def load(
+  name: str,
+  split: str,
+  *,
+  data_dir: str | None = None,
+  preprocess: Preprocess | None = None,
+  check_counts: bool = True,
+  cropped: bool = False,
+) -> files.FileSplit:
+  """The `split` ("train" / "test") of benchmark `name` from prepared tfds.
+
+  Args:
+    name: "sop", "cars196" or "cub200" (see the module docstring).
+    split: "train" or "test", with the file readers' class split.
+    data_dir: the tfds data directory; "" or None for tfds's default.
+    preprocess: scaling and crop; None for the paper's (the file reader's
+      default, `readers.READERS`: CUB padded, the others square).
+    check_counts: compare with the official image and class counts.
+    cropped: CARS196 / CUB: cut each image to its bounding box first.
+
+  Returns:
+    A `FileSplit` whose `paths` name the records ("tfds:<name>/<split>[i]")
+    and whose `records` hold the encoded images.
+  """
+  _check_request(name, split, cropped)
   if preprocess is None:
-    preprocess = PAPER_PADDED if name == "cub200" else PAPER_SQUARE
+    preprocess = readers.READERS[name].preprocess
   tfds_name = TFDS_NAMES[name]
   data_dir = data_dir or None
   builder = _builder(tfds_name, data_dir)
@@ -251,24 +279,12 @@ def load(
       _OFFICIAL[name][split],
       source=f"tfds {tfds_name} {builder.version} under {data_dir}",
     )
-  boxes = None
-  if cropped:  # tfds: (ymin, xmin, ymax, xmax) / size → pixels x1y1x2y2.
-    norm = np.asarray(scanned["bbox"], np.float32)[index]
-    size = np.asarray(scanned["size"], np.float32)[index]
-    boxes = norm[:, [1, 0, 3, 2]] * np.tile(size, 2)
-    if name == "cars196":  # tfds kept the 1-based corners of the .mat file.
-      boxes[:, :2] -= 1
-  if name == "cars196":  # The make and model names.
-    feature = builder.info.features[label_field]
-    class_names = tuple(feature.int2str(int(c)) for c in present)
-  else:  # The official 1-based class ids, as the file readers name them.
-    class_names = tuple(str(int(c) + 1) for c in present)
   return files.FileSplit(
     paths=tuple(f"tfds:{tfds_name}/{tfds_split}[{i}]" for i in index),
     labels=labels,
-    class_names=class_names,
+    class_names=_class_names(name, builder, label_field, present),
     name=f"{name}/{split}",
     preprocess=preprocess,
-    boxes=boxes,
+    boxes=_pixel_boxes(name, scanned, index) if cropped else None,
     records=Records(tfds_name, tfds_split, data_dir, index.astype(np.int64)),
   )
