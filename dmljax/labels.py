@@ -8,6 +8,10 @@ each class in the batch has exactly K images, in any order. The shapes (B, K)
 are checked at trace time; the data-dependent layout is checked either on the
 host with `check_pk_batch` (NumPy, before the step) or inside a jitted function
 with `pk_batch_checks` under `jax.experimental.checkify`.
+
+`sorted_classes` is the one place that finds each class's run in the
+label-sorted batch (the samplers' negatives, the Recall@k tiles of
+`dmljax.metrics.ranks`).
 """
 
 import collections
@@ -95,6 +99,45 @@ def class_groups(labels: jax.Array, *, images_per_class: int) -> jax.Array:
   num_classes = check_batch_shape(labels.shape[0], images_per_class)
   order = jnp.argsort(labels, stable=True).astype(jnp.int32)
   return order.reshape(num_classes, images_per_class)
+
+
+def sorted_classes(labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The label-sorted batch: each class's run of sorted positions.
+
+  `order` sorts the batch by label (stable), so each class occupies one
+  contiguous run of sorted positions: image i's class fills positions
+  [start[i], start[i] + count[i]) of `labels[order]`. The runs are found with
+  cumulative max/min scans rather than binary searches, which lower to loops
+  that cost more than the work at small B.
+
+  Args:
+    labels: [B] integer classes, in any order.
+
+  Returns:
+    (order, start, count), each [B] int32: `order` the stable label sort,
+    `start` and `count` indexed by batch position (not sorted position).
+
+  >>> order, start, count = sorted_classes(jnp.array([7, 3, 7, 7]))
+  >>> order.tolist(), start.tolist(), count.tolist()
+  ([1, 0, 2, 3], [1, 0, 1, 1], [3, 1, 3, 3])
+  """
+  labels = jnp.asarray(labels)
+  check_labels(labels)
+  batch = labels.shape[0]
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  sorted_labels = labels[order]
+  index = jnp.arange(batch, dtype=jnp.int32)
+  first = jnp.concatenate(
+    [jnp.ones(1, bool), sorted_labels[1:] != sorted_labels[:-1]]
+  )
+  last = jnp.concatenate(
+    [sorted_labels[1:] != sorted_labels[:-1], jnp.ones(1, bool)]
+  )
+  begin = jax.lax.cummax(jnp.where(first, index, 0))
+  end = jax.lax.cummin(jnp.where(last, index, batch), reverse=True)
+  start = jnp.zeros(batch, jnp.int32).at[order].set(begin)
+  count = jnp.zeros(batch, jnp.int32).at[order].set(end - begin + 1)
+  return order, start, count
 
 
 def check_pk_batch(labels, *, images_per_class: int) -> None:

@@ -25,7 +25,7 @@ def recall_dmljax_memory(x, labels, ks, block_size):
   from dmljax.metrics import retrieval
 
   compiled = retrieval._recalls.lower(
-    x, labels, ks=tuple(ks), block_size=block_size
+    x, labels, ks=tuple(ks), block_size=block_size, mesh=None
   ).compile()
   return dict(
     xla_temp_bytes=compiled.memory_analysis().temp_size_in_bytes,

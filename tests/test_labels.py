@@ -50,6 +50,36 @@ def test_class_groups_match_reference(
   np.testing.assert_array_equal(got, reference.class_groups(labels))
 
 
+def ref_sorted_classes(labels):
+  """(order, start, count) by loops: each class's run in the stable sort."""
+  labels = np.asarray(labels)
+  order = sorted(range(len(labels)), key=lambda i: labels[i])  # stable
+  sorted_labels = [labels[i] for i in order]
+  start = [sorted_labels.index(label) for label in labels]
+  count = [sorted_labels.count(label) for label in labels]
+  return order, start, count
+
+
+SORTED_CLASSES = {
+  "pk_shuffled": _labels(5, 4, 3),
+  "uneven_runs": np.array([9, -2, 9, 4, 4, 9, -2, 7], np.int32),
+  "one_class": np.full(5, 3, np.int32),
+  "all_singletons": np.array([4, 1, 3, 0], np.int32),
+  "one_point": np.array([6], np.int32),
+}
+
+
+@pytest.mark.parametrize(
+  "labels", SORTED_CLASSES.values(), ids=SORTED_CLASSES.keys()
+)
+def test_sorted_classes_match_reference(kernel, jit, labels):
+  got = kernel(labels_lib.sorted_classes, jit=jit)(labels)
+  for array in got:
+    assert array.dtype == jnp.int32 and array.shape == labels.shape
+  for got_array, want in zip(got, ref_sorted_classes(labels), strict=True):
+    np.testing.assert_array_equal(got_array, want)
+
+
 def test_check_pk_batch_accepts_valid_batch():
   labels = _labels(3, 4, 3)
   assert labels_lib.check_pk_batch(labels, images_per_class=3) is None

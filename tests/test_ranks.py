@@ -3,6 +3,8 @@
 The oracle sorts every other point by (float64 distance, index) and reports
 the position of the first same-label one: the definition of Wu et al.'s
 Recall@k (Sec. 5) without the tile, the label sort or the symmetric count.
+Over a mesh of 2, 4 or 8 of conftest.py's CPU devices the ranks must equal
+one device's exactly (integers: no tolerance).
 """
 
 import hypothesis
@@ -149,6 +151,65 @@ def test_padded_points_never_count():
   got = ranks.first_hit_ranks(x, labels, block_size=16)
   np.testing.assert_array_equal(got, ref_first_hit_ranks(x, labels))
   assert np.all(np.asarray(got) <= 33)
+
+
+def _mesh(num_devices):
+  return jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+
+
+# (data, block size): 61 points (prime) in 9 tiles of 7 (45 tile pairs) or
+# 4 tiles of 16 (fewer than 8 devices), or one tile for all the devices.
+SHARDED = {
+  "ties_b7": (integer_grid, 7),
+  "unit_duplicates_b7": (unit_duplicates, 7),
+  "singletons_b7": (singletons, 7),
+  "gaussian_b16": (gaussian, 16),
+  "ties_one_tile": (integer_grid, 1024),
+}
+
+
+@pytest.mark.parametrize("num_devices", [2, 4, 8])
+@pytest.mark.parametrize(
+  "data,block_size", SHARDED.values(), ids=SHARDED.keys()
+)
+def test_sharded_ranks_equal_one_device(data, block_size, num_devices):
+  x, labels = data(0)  # Seeds whose float32 order is the float64 one.
+  one = ranks.first_hit_ranks(x, labels, block_size=block_size)
+  got = ranks.first_hit_ranks(
+    x, labels, block_size=block_size, mesh=_mesh(num_devices)
+  )
+  assert got.shape == labels.shape and got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, one)
+  np.testing.assert_array_equal(got, ref_first_hit_ranks(x, labels))
+
+
+def test_one_device_mesh_equals_no_mesh():
+  x, labels = unit_duplicates(5)
+  np.testing.assert_array_equal(
+    ranks.first_hit_ranks(x, labels, block_size=16, mesh=_mesh(1)),
+    ranks.first_hit_ranks(x, labels, block_size=16),
+  )
+
+
+def test_sharded_recall_equals_one_device():
+  """Recall@k through `metrics.recall_at_k(mesh=...)`: 3 devices, 9 tiles."""
+  x, labels = integer_grid(6)
+  ks = (1, 2, 8, 60)
+  one = metrics.recall_at_k(x, labels, ks, block_size=7)
+  got = metrics.recall_at_k(x, labels, ks, block_size=7, mesh=_mesh(3))
+  want = ref_first_hit_ranks(x, labels)
+  for k in ks:
+    assert float(got[k]) == float(one[k])
+    assert float(got[k]) == pytest.approx(np.mean(want < k), abs=1e-7)
+
+
+def test_two_dimensional_mesh_is_refused():
+  mesh = jax.sharding.Mesh(
+    np.array(jax.devices()[:4]).reshape(2, 2), ("a", "b")
+  )
+  x, labels = gaussian(0, n=8)
+  with pytest.raises(ValueError, match="1-D mesh"):
+    ranks.first_hit_ranks(x, labels, mesh=mesh)
 
 
 def test_single_class_ranks_are_zero():

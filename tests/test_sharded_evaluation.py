@@ -15,6 +15,7 @@ from PIL import Image
 
 from dmljax import data
 from dmljax import evaluation
+from dmljax import metrics
 from dmljax import models
 
 NUM_IMAGES, NUM_CLASSES = 53, 11  # Not a multiple of any batch below.
@@ -128,6 +129,39 @@ def test_evaluate_on_eight_devices_equals_one(network, split):
   assert jax.local_device_count() == 8
   assert one == eight
   assert set(one) >= {"recall@1", "recall@4", "map@r", "nmi"}
+
+
+@pytest.mark.parametrize("num_devices", [2, 3, 8])
+def test_recall_tiles_over_devices_equal_one(split, num_devices, monkeypatch):
+  """Recall@k's tiles spread over the devices given: the same metrics."""
+  rng = np.random.default_rng(3)
+  # Small integer coordinates: many exactly tied distances.
+  embeddings = rng.integers(-1, 2, (NUM_IMAGES, 4)).astype(np.float32)
+  one = evaluation.protocol_metrics(
+    embeddings,
+    split,
+    _config(),
+    clustering=False,
+    devices=jax.local_devices()[:1],
+  )
+  meshes = []
+  recall_at_k = metrics.recall_at_k
+
+  def spy(*args, mesh=None, **kwargs):
+    meshes.append(mesh)
+    return recall_at_k(*args, mesh=mesh, **kwargs)
+
+  monkeypatch.setattr(metrics, "recall_at_k", spy)
+  monkeypatch.setattr(evaluation, "SPREAD_RECALL_ON_CPU", True)
+  got = evaluation.protocol_metrics(
+    embeddings,
+    split,
+    _config(),
+    clustering=False,
+    devices=jax.local_devices()[:num_devices],
+  )
+  assert got == one
+  assert [mesh.devices.size for mesh in meshes] == [num_devices]
 
 
 def test_file_split_over_devices_and_processes(tmp_path, network):

@@ -8,7 +8,8 @@ MAP@R (Musgrave et al. 2020):
 
   * `neighbors`: exact k nearest neighbours in query blocks (memory b × N).
   * `ranks`: `first_hit_ranks`, the rank of each point's first same-label
-    neighbour, counted in symmetric b × b distance tiles (Recall@k for any k).
+    neighbour, counted in symmetric b × b distance tiles (Recall@k for any k),
+    shared by the devices of a `mesh` with the same numbers.
   * `retrieval`: `recall_at_k`, `map_at_r` (leave-one-out over the test set).
   * `lloyd`: `kmeans` (greedy k-means++ seeding, Lloyd iterations in JAX).
   * `clustering`: `nmi`, `f1_score`, `clustering_metrics` (k-means, then

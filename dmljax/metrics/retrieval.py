@@ -13,7 +13,8 @@ the queries, the precision of the R nearest neighbours at each correct one.
 Recall@k needs only the rank of each query's first correct neighbour, which
 `ranks.first_hit_ranks` counts in symmetric b × b distance tiles (memory
 b² floats, half the matrix products of a row scan, no top-k at all), so one
-pass gives Recall@k for every k up to N − 1. MAP@R takes the R nearest
+pass gives Recall@k for every k up to N − 1; over a `mesh`, the devices
+share the tiles. MAP@R takes the R nearest
 neighbours of each query from `neighbors.block_top_k` in query blocks
 (memory b × N) and reduces each block at once to its average precisions.
 The [N, k] neighbour lists are never stored. Ties are broken by the lower
@@ -49,6 +50,7 @@ def recall_at_k(
   ks: Sequence[int] = (1, 2, 4, 8),
   *,
   block_size: int = 1024,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> dict[int, jax.Array]:
   """Recall@k of leave-one-out retrieval (Wu et al., Sec. 5; Song et al.).
 
@@ -62,6 +64,9 @@ def recall_at_k(
     ks: the k values (static), each 1 ≤ k ≤ N − 1; any k costs the same.
     block_size: b, the edge of a distance tile; memory is about b² floats
       (4 MB at the default), whatever N.
+    mesh: a 1-D mesh whose devices share the distance tiles (e.g. this
+      process's devices); the same numbers as one device. Default: one
+      device.
 
   Returns:
     {k: scalar float32 Recall@k} for each k in `ks` (use `float()` on host).
@@ -78,15 +83,21 @@ def recall_at_k(
   for k in ks:
     neighbors.check_k(k, embeddings.shape[0] - 1, exclude_self=True)
   recalls = _recalls(
-    embeddings, labels, ks=ks, block_size=neighbors.check_block_size(block_size)
+    embeddings,
+    labels,
+    ks=ks,
+    block_size=neighbors.check_block_size(block_size),
+    mesh=mesh,
   )
   return {k: recalls[i] for i, k in enumerate(ks)}
 
 
-@functools.partial(jax.jit, static_argnames=("ks", "block_size"))
-def _recalls(embeddings, labels, *, ks, block_size):
+@functools.partial(jax.jit, static_argnames=("ks", "block_size", "mesh"))
+def _recalls(embeddings, labels, *, ks, block_size, mesh):
   """[len(ks)] Recall@k, from each query's rank of its first correct hit."""
-  hit_ranks = ranks.first_hit_ranks(embeddings, labels, block_size=block_size)
+  hit_ranks = ranks.first_hit_ranks(
+    embeddings, labels, block_size=block_size, mesh=mesh
+  )
   return jnp.stack([jnp.mean(hit_ranks < k) for k in ks])
 
 

@@ -46,7 +46,7 @@ def random_sampling(
   batch = labels.shape[0]
   # Draw the u-th negative directly: in the label-sorted batch the anchor's
   # class fills [start, start + count), and its negatives are the rest.
-  order, start, count = triplets.sorted_classes(labels)
+  order, start, count = labels_lib.sorted_classes(labels)
   shape = (batch, images_per_class - 1, num_negatives)
   num_negative = (batch - count)[:, None, None]
   u = jax.random.randint(key, shape, 0, jnp.maximum(num_negative, 1))

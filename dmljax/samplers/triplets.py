@@ -74,31 +74,6 @@ def check_inputs(
   return distances, labels
 
 
-def sorted_classes(labels: jax.Array):
-  """The label-sorted batch: (order, start, count), each [B] int32.
-
-  `order` sorts the batch by label (stable); image i's class occupies
-  positions [start[i], start[i] + count[i]) of the sorted batch. Computed
-  with cumulative max/min scans rather than binary searches, which lower to
-  loops that cost more than the work at small B.
-  """
-  batch = labels.shape[0]
-  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
-  sorted_labels = labels[order]
-  index = jnp.arange(batch, dtype=jnp.int32)
-  first = jnp.concatenate(
-    [jnp.ones(1, bool), sorted_labels[1:] != sorted_labels[:-1]]
-  )
-  last = jnp.concatenate(
-    [sorted_labels[1:] != sorted_labels[:-1], jnp.ones(1, bool)]
-  )
-  begin = jax.lax.cummax(jnp.where(first, index, 0))
-  end = jax.lax.cummin(jnp.where(last, index, batch), reverse=True)
-  start = jnp.zeros(batch, jnp.int32).at[order].set(begin)
-  count = jnp.zeros(batch, jnp.int32).at[order].set(end - begin + 1)
-  return order, start, count
-
-
 def positive_pairs(
   labels: jax.Array, *, images_per_class: int = 5
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -124,7 +99,7 @@ def positive_pairs(
   labels = jnp.asarray(labels)
   labels_lib.check_labels(labels)
   k, batch = images_per_class, labels.shape[0]
-  order, start, count = sorted_classes(labels)
+  order, start, count = labels_lib.sorted_classes(labels)
   # position[i]: where image i sits in the label-sorted batch; its class
   # occupies positions [start, start + count) and it is number `rank` there.
   position = jnp.zeros(batch, jnp.int32).at[order].set(jnp.arange(batch))
