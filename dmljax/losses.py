@@ -8,6 +8,13 @@ positive and a negative term per tuple for the pairwise losses), exactly 0
 where `mask` is False. `dmljax.reductions` then says what is averaged over
 what, in one explicit call.
 
+`LOSSES` maps each loss name to a `LossSpec`: its term structure, whether it
+takes β, whether its distances are squared, and `terms`, the one return
+convention every caller relies on: a tuple of [T] term arrays (the pairwise
+losses two, positive and negative; the triplet losses one). N-pair
+(`npair_loss`) has no `Triplets`: it reads [N, N] probe × gallery logits,
+and its spec says so (`structure="npair"`, `terms=None`).
+
 Instead of the matrix, a loss also takes the tuples' `PairDistances`
 (D_ap, D_an), as `tuple_distances` reads them. Given the embeddings too,
 `tuple_distances` returns the same values, but their gradient flows into the
@@ -34,6 +41,8 @@ Where the authors' code and PML differ (see also `reductions`):
     triplet from the anchor's class (PML: `learn_beta` + `num_classes`).
 """
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -299,20 +308,56 @@ def npair_loss(similarities: jax.Array, *, scale: float = 1.0) -> jax.Array:
   return jax.nn.logsumexp(similarities, axis=1) - positive
 
 
-def _triplet_l2(distances, triplets, *, margin=0.2):
-  return triplet_loss(distances, triplets, margin=margin, squared=False)
+Terms = tuple[jax.Array, ...]
+STRUCTURES = ("pairwise", "triplet", "npair")
 
 
-def _triplet_l2sq(distances, triplets, *, margin=0.2):
-  return triplet_loss(distances, triplets, margin=margin, squared=True)
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """What the rest of dmljax needs to know about a loss, by name.
+
+  Attributes:
+    structure: "pairwise" (a positive and a negative pair term per tuple:
+      contrastive, margin), "triplet" (one term per triplet) or "npair"
+      (one term per class row of N-pair logits, `npair_loss`).
+    terms: (distances [B, B] | PairDistances, triplets, *, margin[, beta])
+      → `Terms`, a tuple of [T] arrays, 0 where masked. None for "npair".
+    takes_beta: the margin loss's learned boundary β (`dmljax.beta`).
+    squared: the triplet loss on squared distances (ℓ2², DE-DSP eq. 2).
+  """
+
+  structure: str
+  terms: Callable[..., Terms] | None
+  takes_beta: bool = False
+  squared: bool = False
 
 
-Loss = Callable[..., jax.Array | tuple[jax.Array, jax.Array]]
+def _one_term(loss: Callable[..., jax.Array]) -> Callable[..., Terms]:
+  """A loss returning [T] terms as one returning the tuple (terms,)."""
 
-# The tuple losses by name; margin_loss also takes β.
-LOSSES: dict[str, Loss] = {
-  "margin": margin_loss,
-  "contrastive": contrastive_loss,
-  "triplet_l2": _triplet_l2,
-  "triplet_l2sq": _triplet_l2sq,
+  def terms(distances, triplets, **kwargs):
+    return (loss(distances, triplets, **kwargs),)
+
+  return terms
+
+
+LOSSES: dict[str, LossSpec] = {
+  "margin": LossSpec("pairwise", margin_loss, takes_beta=True),
+  "contrastive": LossSpec("pairwise", contrastive_loss),
+  "triplet_l2": LossSpec(
+    "triplet", _one_term(functools.partial(triplet_loss, squared=False))
+  ),
+  "triplet_l2sq": LossSpec(
+    "triplet",
+    _one_term(functools.partial(triplet_loss, squared=True)),
+    squared=True,
+  ),
+  "npair": LossSpec("npair", None),
 }
+
+
+def loss_spec(name: str) -> LossSpec:
+  """The spec of loss `name`; ValueError naming the choices otherwise."""
+  if name not in LOSSES:
+    raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.")
+  return LOSSES[name]

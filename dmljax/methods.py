@@ -12,6 +12,9 @@ with one call from `dmljax.reductions`. Any sampler combines with any tuple
 loss, as in the paper's Table 1; "npair" (DE-DSP eq. 9) forms one
 (probe, gallery) pair per class instead.
 
+What a loss needs (β, one or two terms per tuple, N-pair's pairs instead of
+tuples) comes from its `losses.LossSpec`, never from its name.
+
 `distance_gradient` says how the tuple losses' gradient reaches the
 embeddings: "dense" (default) differentiates through the [B, B] matrix;
 "gathered" reads the same values but sends the gradient into the 2T pair
@@ -34,9 +37,10 @@ from dmljax import losses as losses_lib
 from dmljax import reductions
 from dmljax import samplers as samplers_lib
 
-REDUCTIONS = ("nonzero", "mean")
+REDUCTIONS = reductions.REDUCTIONS
 DISTANCE_GRADIENTS = ("dense", "gathered")
-NPAIR = "npair"
+# N-pair forms one random (probe, gallery) pair per class: its sampler.
+NPAIR_SAMPLER = "random"
 
 Method = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -46,58 +50,116 @@ def _choose(kind: str, name: str, valid) -> None:
     raise ValueError(f"Unknown {kind} {name!r}; choose one of {sorted(valid)}.")
 
 
-def _reduce(terms, mask, extra, reduction):
-  if reduction == "nonzero":
-    return reductions.nonzero_mean(*terms, mask=mask, extra=extra)
-  stacked = jnp.concatenate(terms)
-  mean = reductions.masked_mean(stacked, jnp.tile(mask, len(terms)))
-  return mean + extra / jnp.maximum(len(terms) * jnp.sum(mask), 1)
+def _sampler_of(sampler: str | None, loss: str, spec) -> str:
+  """The sampler a loss runs with: N-pair's own, else the one asked for."""
+  if spec.structure == "npair":
+    if sampler not in (None, NPAIR_SAMPLER):
+      raise ValueError(
+        f"The {loss!r} loss draws one random (probe, gallery) pair per "
+        f"class; it cannot use the sampler {sampler!r}: pass "
+        f"sampler={NPAIR_SAMPLER!r} or None."
+      )
+    return NPAIR_SAMPLER
+  sampler = "distance_weighted" if sampler is None else sampler
+  _choose("sampler", sampler, samplers_lib.SAMPLERS)
+  return sampler
 
 
-def _tuple_loss(loss, margin, nu, distances, triplets, labels, beta, image_ids):
-  """Loss terms of a tuple loss and the numerator extra (ν Σ β)."""
-  extra = jnp.zeros((), distances.dtype)
-  if loss == "margin":
-    if beta is None:
-      beta = beta_lib.init_beta()
-    if isinstance(beta, Mapping):
-      anchor_ids = None if image_ids is None else image_ids[triplets.anchors]
-      beta = beta_lib.gather_beta(beta, labels[triplets.anchors], anchor_ids)
-    beta = jnp.broadcast_to(
-      jnp.asarray(beta, distances.dtype), triplets.mask.shape
-    )
-    terms = losses_lib.margin_loss(distances, triplets, beta, margin=margin)
-    extra = beta_lib.beta_penalty(beta, triplets.mask, nu=nu)
-    return terms, extra, beta
-  terms = losses_lib.LOSSES[loss](distances, triplets, margin=margin)
-  return (terms if isinstance(terms, tuple) else (terms,)), extra, None
+def _beta_terms(spec, margin, nu, distances, triplets, labels, beta, ids):
+  """The margin loss's terms with β per tuple, and the ν Σ β numerator."""
+  if beta is None:
+    beta = beta_lib.init_beta()
+  if isinstance(beta, Mapping):
+    anchor_ids = None if ids is None else ids[triplets.anchors]
+    beta = beta_lib.gather_beta(beta, labels[triplets.anchors], anchor_ids)
+  beta = jnp.broadcast_to(
+    jnp.asarray(beta, distances.dtype), triplets.mask.shape
+  )
+  terms = spec.terms(distances, triplets, beta, margin=margin)
+  return terms, beta_lib.beta_penalty(beta, triplets.mask, nu=nu), beta
 
 
-def _npair(key, embeddings, labels, images_per_class, scale):
+def _npair_method(images_per_class: int, scale: float) -> Method:
   """N-pair loss with one random (probe, gallery) pair per class."""
-  groups = labels_lib.class_groups(labels, images_per_class=images_per_class)
-  order = jnp.argsort(jax.random.uniform(key, groups.shape), axis=1)
-  chosen = jnp.take_along_axis(groups, order[:, :2], axis=1)
-  probes, gallery = embeddings[chosen[:, 0]], embeddings[chosen[:, 1]]
-  similarities = probes @ gallery.T
-  terms = losses_lib.npair_loss(similarities, scale=scale)
-  distances = distances_lib.pairwise_distances(probes, gallery)
-  num = similarities.shape[0]
-  off_diagonal = ~jnp.eye(num, dtype=bool)
+
+  def method(key, embeddings, labels, beta=None, image_ids=None):
+    del beta, image_ids  # N-pair has no β.
+    groups = labels_lib.class_groups(labels, images_per_class=images_per_class)
+    order = jnp.argsort(jax.random.uniform(key, groups.shape), axis=1)
+    chosen = jnp.take_along_axis(groups, order[:, :2], axis=1)
+    probes, gallery = embeddings[chosen[:, 0]], embeddings[chosen[:, 1]]
+    similarities = probes @ gallery.T
+    terms = losses_lib.npair_loss(similarities, scale=scale)
+    distances = distances_lib.pairwise_distances(probes, gallery)
+    num = similarities.shape[0]
+    off_diagonal = ~jnp.eye(num, dtype=bool)
+    aux = {
+      "num_tuples": jnp.asarray(num, jnp.int32),
+      "num_active_terms": jnp.sum(terms > 0),
+      "fraction_nonzero": jnp.mean(terms > 0),
+      "mean_positive_distance": jnp.mean(jnp.diagonal(distances)),
+      "mean_negative_distance": jnp.sum(jnp.where(off_diagonal, distances, 0))
+      / max(num * (num - 1), 1),
+    }
+    return jnp.mean(terms), aux
+
+  return method
+
+
+def _tuple_aux(distances, triplets, terms, beta_values) -> dict[str, Any]:
+  """Scalars logged beside a tuple loss (no gradient flows through them)."""
+  mask = triplets.mask
+  num_tuples = jnp.sum(mask)
+  active = sum(jnp.sum(mask & (t > 0)) for t in terms)
+  positive = distances[triplets.anchors, triplets.positives]
+  negative = distances[triplets.anchors, triplets.negatives]
   aux = {
-    "num_tuples": jnp.asarray(num, jnp.int32),
-    "num_active_terms": jnp.sum(terms > 0),
-    "fraction_nonzero": jnp.mean(terms > 0),
-    "mean_positive_distance": jnp.mean(jnp.diagonal(distances)),
-    "mean_negative_distance": jnp.sum(jnp.where(off_diagonal, distances, 0))
-    / max(num * (num - 1), 1),
+    "num_tuples": num_tuples,
+    "num_active_terms": active,
+    "fraction_nonzero": active / jnp.maximum(len(terms) * num_tuples, 1),
+    "mean_positive_distance": reductions.masked_mean(positive, mask),
+    "mean_negative_distance": reductions.masked_mean(negative, mask),
   }
-  return jnp.mean(terms), aux
+  if beta_values is not None:
+    aux["mean_beta"] = reductions.masked_mean(beta_values, mask)
+  return jax.tree.map(jax.lax.stop_gradient, aux)
+
+
+def _tuple_method(
+  sample, spec, *, margin, nu, reduction, distance_gradient
+) -> Method:
+  """sampler + tuple loss + reduction on one [B, B] distance matrix."""
+
+  def method(key, embeddings, labels, beta=None, image_ids=None):
+    distances = distances_lib.pairwise_distances(embeddings)
+    triplets = sample(
+      key, jax.lax.stop_gradient(distances), labels, embeddings.shape[1]
+    )
+    loss_distances = distances
+    if distance_gradient == "gathered":
+      loss_distances = losses_lib.tuple_distances(
+        jax.lax.stop_gradient(distances), triplets, embeddings
+      )
+    extra = beta_values = None
+    if spec.takes_beta:
+      terms, extra, beta_values = _beta_terms(
+        spec, margin, nu, loss_distances, triplets, labels, beta, image_ids
+      )
+    else:
+      terms = spec.terms(loss_distances, triplets, margin=margin)
+    if extra is None:  # The same value as before: 0 added to the numerator.
+      extra = jnp.zeros((), distances.dtype)
+    value = reductions.reduce_terms(
+      terms, triplets.mask, reduction=reduction, extra=extra
+    )
+    return value, _tuple_aux(distances, triplets, terms, beta_values)
+
+  return method
 
 
 def make_method(
   *,
-  sampler: str = "distance_weighted",
+  sampler: str | None = None,
   loss: str = "margin",
   images_per_class: int = 5,
   num_negatives: int = 1,
@@ -115,8 +177,10 @@ def make_method(
   images per class, averaged over the non-zero terms as the authors do.
 
   Args:
-    sampler: a name in `dmljax.samplers.SAMPLERS` (ignored for "npair").
-    loss: a name in `dmljax.losses.LOSSES`, or "npair".
+    sampler: a name in `dmljax.samplers.SAMPLERS`; None is distance
+      weighted for the tuple losses. N-pair draws its own random pairs
+      ("random" or None; any other sampler is an error).
+    loss: a name in `dmljax.losses.LOSSES`.
     images_per_class: K of the P×K batch.
     num_negatives: negatives per positive pair.
     margin: α of the margin, triplet and contrastive losses.
@@ -124,10 +188,8 @@ def make_method(
     reduction: "nonzero" (`reductions.nonzero_mean`, the paper's) or "mean"
       (`reductions.masked_mean` over all valid terms).
     sampler_kwargs: extra keyword arguments of the sampler (e.g. cutoff,
-      lower_bound, fallback, method); `dim` defaults to D. Distance weighted
-      sampling defaults to method="inverse_cdf" here: the same distribution
-      as the reference "categorical" path (a goodness-of-fit test checks
-      it), 5–40× cheaper on CPU.
+      lower_bound, fallback, method), each defaulting to the sampler's own
+      default; `dim` defaults to D.
     npair_scale: `losses.npair_loss`'s scale (N-pair only).
     distance_gradient: "dense" (through the [B, B] matrix) or "gathered"
       (through the tuples' embedding rows, `losses.tuple_distances`): the
@@ -148,13 +210,30 @@ def make_method(
   >>> int(aux["num_tuples"])
   40
   """
-  _choose("loss", loss, [*losses_lib.LOSSES, NPAIR])
-  if loss != NPAIR:
-    _choose("sampler", sampler, samplers_lib.SAMPLERS)
+  spec = losses_lib.loss_spec(loss)
+  sampler = _sampler_of(sampler, loss, spec)
   _choose("reduction", reduction, REDUCTIONS)
   _choose("distance_gradient", distance_gradient, DISTANCE_GRADIENTS)
   labels_lib.check_images_per_class(images_per_class)
-  sampler_kwargs = dict(sampler_kwargs or {})
+  if spec.structure == "npair":
+    inner = _npair_method(images_per_class, npair_scale)
+  else:
+    sample = _bound_sampler(
+      sampler, sampler_kwargs, images_per_class, num_negatives
+    )
+    inner = _tuple_method(
+      sample,
+      spec,
+      margin=margin,
+      nu=nu,
+      reduction=reduction,
+      distance_gradient=distance_gradient,
+    )
+  return _with_checked_inputs(inner)
+
+
+def _with_checked_inputs(inner: Method) -> Method:
+  """`inner` with its labels and ids as arrays and their shapes checked."""
 
   def method(key, embeddings, labels, beta=None, image_ids=None):
     labels = jnp.asarray(labels)
@@ -165,45 +244,26 @@ def make_method(
         f"embeddings must be [B, D] with B = len(labels) = "
         f"{labels.shape[0]}, got {embeddings.shape}."
       )
-    if loss == NPAIR:
-      return _npair(key, embeddings, labels, images_per_class, npair_scale)
-    distances = distances_lib.pairwise_distances(embeddings)
-    kwargs = dict(sampler_kwargs)
+    return inner(key, embeddings, labels, beta, image_ids)
+
+  return method
+
+
+def _bound_sampler(sampler, sampler_kwargs, images_per_class, num_negatives):
+  """sample(key, distances, labels, dim) → Triplets, options bound."""
+  options = dict(sampler_kwargs or {})
+
+  def sample(key, distances, labels, dim):
+    kwargs = dict(options)
     if sampler == "distance_weighted":
-      kwargs.setdefault("dim", embeddings.shape[1])
-      kwargs.setdefault("method", "inverse_cdf")
-    triplets = samplers_lib.SAMPLERS[sampler](
+      kwargs.setdefault("dim", dim)
+    return samplers_lib.SAMPLERS[sampler](
       key,
-      jax.lax.stop_gradient(distances),
+      distances,
       labels,
       images_per_class=images_per_class,
       num_negatives=num_negatives,
       **kwargs,
     )
-    loss_distances = distances
-    if distance_gradient == "gathered":
-      loss_distances = losses_lib.tuple_distances(
-        jax.lax.stop_gradient(distances), triplets, embeddings
-      )
-    terms, extra, beta_values = _tuple_loss(
-      loss, margin, nu, loss_distances, triplets, labels, beta, image_ids
-    )
-    mask = triplets.mask
-    value = _reduce(terms, mask, extra, reduction)
-    num_tuples = jnp.sum(mask)
-    active = sum(jnp.sum(mask & (t > 0)) for t in terms)
-    positive = distances[triplets.anchors, triplets.positives]
-    negative = distances[triplets.anchors, triplets.negatives]
-    aux = {
-      "num_tuples": num_tuples,
-      "num_active_terms": active,
-      "fraction_nonzero": active / jnp.maximum(len(terms) * num_tuples, 1),
-      "mean_positive_distance": reductions.masked_mean(positive, mask),
-      "mean_negative_distance": reductions.masked_mean(negative, mask),
-    }
-    if beta_values is not None:
-      aux["mean_beta"] = reductions.masked_mean(beta_values, mask)
-    aux = jax.tree.map(jax.lax.stop_gradient, aux)
-    return value, aux
 
-  return method
+  return sample

@@ -76,3 +76,46 @@ def nonzero_mean(
     total = total + jnp.sum(jnp.where(mask, term, 0.0))
     count = count + jnp.sum(active)
   return total / jnp.maximum(count, 1).astype(total.dtype)
+
+
+REDUCTIONS = ("nonzero", "mean")
+
+
+def reduce_terms(
+  terms: tuple[jax.Array, ...],
+  mask: jax.Array,
+  *,
+  reduction: str = "nonzero",
+  extra: jax.Array | float | None = None,
+) -> jax.Array:
+  """A loss's value from its term vectors: `nonzero_mean` or `masked_mean`.
+
+  Args:
+    terms: the loss's term vectors (`dmljax.losses.LossSpec.terms`), each
+      shaped like `mask`.
+    mask: bool, the tuples that count.
+    reduction: "nonzero" (`nonzero_mean` over all term vectors, the paper's)
+      or "mean" (`masked_mean` of all terms of the valid tuples).
+    extra: added to the numerator (the ν β penalty); under "mean" divided
+      by the number of terms averaged.
+
+  Returns:
+    Scalar.
+
+  >>> pos, neg = jnp.array([0.0, 0.3]), jnp.array([0.1, 0.0])
+  >>> mask = jnp.array([True, True])
+  >>> round(float(reduce_terms((pos, neg), mask, reduction="mean")), 4)
+  0.1
+  """
+  if reduction not in REDUCTIONS:
+    raise ValueError(
+      f"Unknown reduction {reduction!r}; choose one of {REDUCTIONS}."
+    )
+  if reduction == "nonzero":
+    return nonzero_mean(
+      *terms, mask=mask, extra=0.0 if extra is None else extra
+    )
+  mean = masked_mean(jnp.concatenate(terms), jnp.tile(mask, len(terms)))
+  if extra is None:
+    return mean
+  return mean + extra / jnp.maximum(len(terms) * jnp.sum(mask), 1)

@@ -14,7 +14,7 @@ on P × K batches (`recipes/pk_methods.py`: one jitted step embeds the
 batch, runs the method, applies one Optax update to the network (Adam) and
 β (SGD); data parallel over a device mesh, the sampler seeing the global
 batch or each device's slice, BatchNorm synchronised, the numbers
-independent of the device count) or DE-DSP (`recipes/dsp.py`). A step
+independent of the device count) or DE-DSP (its own recipe). A step
 whose loss or gradients are not finite leaves the state unchanged and
 records its step number, so the last good state is never overwritten; the
 loop stops with an error naming that step.
@@ -26,7 +26,9 @@ the held-out classes, and leaves metrics, plots and checkpoints behind.
 """
 
 import os
+from collections.abc import Callable
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,21 +41,13 @@ from dmljax import config_checks
 from dmljax import data as data_lib
 from dmljax import divergence
 from dmljax import evaluation
+from dmljax import losses as losses_lib
 from dmljax import models as models_lib
 from dmljax import optim as optim_lib
 from dmljax import parallel
 from dmljax import recipes
 from dmljax import reporting
 from dmljax import rundir
-from dmljax.recipes import pk_methods
-
-# Where they live now, for callers of the earlier names.
-make_model = recipes.make_model
-uses_devices = recipes.uses_devices
-make_method = pk_methods.make_method
-make_objective = pk_methods.make_objective
-make_train_step = pk_methods.make_train_step
-SAMPLER_OPTIONS = pk_methods.SAMPLER_OPTIONS
 
 SCHEDULES = ("warmup_cosine", "step")
 GRADIENT_DIVISORS = ("none", "batch_size")
@@ -181,6 +175,15 @@ def train_and_evaluate(
     return _train_and_evaluate(config, workdir)
 
 
+class _Run(NamedTuple):
+  """What the loop shares with the rest of `_train_and_evaluate`."""
+
+  start: int  # The step the run resumes from (0: a fresh start).
+  log: reporting.MetricsLog
+  evaluate: Callable  # (state, step) → (metrics, test embeddings).
+  checkpointer: checkpoint_lib.Checkpointer
+
+
 def _train_and_evaluate(config, workdir):
   """`train_and_evaluate` once the config and the workdir passed."""
   primary = jax.process_index() == 0
@@ -189,21 +192,49 @@ def _train_and_evaluate(config, workdir):
     os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.max_to_keep
   )
   recipe = recipes.build(config, train_split.image_shape)
-  model = recipe.model
   tx = make_optimizer(config)
   state = create_train_state(
     config,
-    model,
+    recipe.model,
     tx,
     input_shape=(recipe.batch_size, *train_split.image_shape),
     num_classes=train_split.num_classes,
     num_images=len(train_split),
   )
   prepared = recipe.prepare(state, tx)
-  state, step_fn = prepared.state, prepared.step
-  batches = iter(
+  batches = _train_batches(config, train_split, recipe)
+  state, start = prepared.state, 0
+  if checkpointer.latest_step() is not None:
+    state, data_state = checkpointer.restore(state)
+    batches.set_state(data_state)
+    start = int(parallel.to_host(state["step"]))
+  log = reporting.MetricsLog(workdir, resume_step=start, enabled=primary)
+  if prepared.before_training is not None:
+    state = prepared.before_training(state, train_split, log)
+  evaluate = _evaluator(config, recipe.model, test_split, checkpointer)
+  run = _Run(start=start, log=log, evaluate=evaluate, checkpointer=checkpointer)
+  state = _train_loop(config, recipe, prepared.step, state, batches, run)
+  final, embeddings = evaluate(state, config.train.num_steps)
+  log.write(config.train.num_steps, "final", final)
+  checkpointer.close()
+  if primary:
+    reporting.finish(
+      workdir,
+      config,
+      final,
+      beta=_learned_beta(config, state),
+      split=test_split,
+      embeddings=embeddings,
+      log=log,
+    )
+  return final
+
+
+def _train_batches(config, split, recipe):
+  """This process's iterator of the run's training batches (resumable)."""
+  return iter(
     data_lib.pk_batches(
-      train_split,
+      split,
       batch_size=recipe.batch_size,
       images_per_class=recipe.images_per_class,
       seed=config.seed,
@@ -215,32 +246,29 @@ def _train_and_evaluate(config, workdir):
       shard_count=jax.process_count(),
     )
   )
-  start = 0
-  if checkpointer.latest_step() is not None:
-    state, data_state = checkpointer.restore(state)
-    batches.set_state(data_state)
-    start = int(parallel.to_host(state["step"]))
-  log = reporting.MetricsLog(workdir, resume_step=start, enabled=primary)
-  if prepared.before_training is not None:
-    state = prepared.before_training(state, train_split, log)
+
+
+def _check_finite(state, checkpointer) -> None:
+  """FloatingPointError naming the step whose update was not finite."""
+  bad = int(parallel.to_host(state["nonfinite_step"]))
+  if bad >= 0:
+    last = checkpointer.latest_step()
+    kept = "no checkpoint had been saved yet"
+    if last is not None:
+      kept = f"the last checkpoint (step {last}) was kept"
+    raise FloatingPointError(
+      f"The loss or its gradients became NaN/inf at step {bad}; the update "
+      f"was skipped and {kept}. Lower the learning rate "
+      "(--config.optim.learning_rate) or check the inputs."
+    )
+
+
+def _evaluator(config, model, test_split, checkpointer):
+  """evaluate(state, step) → (metrics, float32 [N, D] test embeddings)."""
   embed_fn = evaluation.make_embed_fn(model)
-  num_steps = config.train.num_steps
 
-  def check_finite(state):
-    bad = int(parallel.to_host(state["nonfinite_step"]))
-    if bad >= 0:
-      last = checkpointer.latest_step()
-      kept = "no checkpoint had been saved yet"
-      if last is not None:
-        kept = f"the last checkpoint (step {last}) was kept"
-      raise FloatingPointError(
-        f"The loss or its gradients became NaN/inf at step {bad}; the update "
-        f"was skipped and {kept}. Lower the learning rate "
-        "(--config.optim.learning_rate) or check the inputs."
-      )
-
-  def evaluate(step):  # → (metrics, float32 [N, D] test embeddings)
-    final = step == num_steps
+  def evaluate(state, step):
+    final = step == config.train.num_steps
     clustering = final or config.eval.clustering_during_training
     try:
       return evaluation.evaluate_embeddings(
@@ -251,53 +279,50 @@ def _train_and_evaluate(config, workdir):
         step, checkpointer.latest_step()
       ) from error
 
-  collapse = divergence.CollapseWatch()
+  return evaluate
 
-  progress = reporting.progress_bar(start, num_steps, enabled=primary)
+
+def _train_loop(config, recipe, step_fn, state, batches, run):
+  """Steps run.start + 1 … num_steps: logs, evaluations, checkpoints."""
+  num_steps, primary = config.train.num_steps, run.log.enabled
+  collapse = divergence.CollapseWatch()
+  progress = reporting.progress_bar(run.start, num_steps, enabled=primary)
   if primary and recipe.num_devices > 1:
     progress.write(
       f"Data parallel: {recipe.num_devices} devices, "
       f"{config.parallel.mining} mining."
     )
-  for step in range(start + 1, num_steps + 1):
+  for step in range(run.start + 1, num_steps + 1):
     state, metrics = step_fn(state, recipe.place_batch(next(batches)))
-    if step % config.train.log_every == 0 or step == num_steps:
-      check_finite(state)
+    last = step == num_steps
+    if step % config.train.log_every == 0 or last:
+      _check_finite(state, run.checkpointer)
       values = {name: float(v) for name, v in parallel.to_host(metrics).items()}
-      log.write(step, "train", values)
+      run.log.write(step, "train", values)
       collapse.observe(
         step,
         values,
-        last_checkpoint=checkpointer.latest_step(),
-        final=step == num_steps,
+        last_checkpoint=run.checkpointer.latest_step(),
+        final=last,
       )
       progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
-    if step % config.train.eval_every == 0 and step != num_steps:
-      log.write(step, "eval", evaluate(step)[0])
-    if step % config.ckpt.every == 0 or step == num_steps:
-      check_finite(state)
+    if step % config.train.eval_every == 0 and not last:
+      run.log.write(step, "eval", run.evaluate(state, step)[0])
+    if step % config.ckpt.every == 0 or last:
+      _check_finite(state, run.checkpointer)
       host_metrics = parallel.to_host(metrics)  # Synced by the save anyway.
       if not divergence.looks_collapsed(host_metrics):  # Keep the last good.
-        checkpointer.save(step, state, batches.get_state())
+        run.checkpointer.save(step, state, batches.get_state())
     progress.update(1)
   progress.close()
-  check_finite(state)
-  final, embeddings = evaluate(num_steps)
-  log.write(num_steps, "final", final)
-  checkpointer.close()
-  if primary:
-    beta = None
-    if config.loss.name == "margin":
-      learned = parallel.to_host(state["params"]["beta"])
-      statistics = beta_lib.class_beta_statistics(learned)
-      beta = {name: float(v) for name, v in statistics.items()}
-    reporting.finish(
-      workdir,
-      config,
-      final,
-      beta=beta,
-      split=test_split,
-      embeddings=embeddings,
-      log=log,
-    )
-  return final
+  _check_finite(state, run.checkpointer)
+  return state
+
+
+def _learned_beta(config, state) -> dict[str, float] | None:
+  """min / median / mean / max of the learned β, for a loss that has one."""
+  if not losses_lib.loss_spec(config.loss.name).takes_beta:
+    return None
+  learned = parallel.to_host(state["params"]["beta"])
+  statistics = beta_lib.class_beta_statistics(learned)
+  return {name: float(v) for name, v in statistics.items()}

@@ -81,6 +81,7 @@ def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
   from dmljax import cpu_devices
+  from dmljax import recipes
   from dmljax import train
 
   logging.set_verbosity(logging.WARNING)
@@ -90,7 +91,7 @@ def main(argv):
   # Before JAX starts, as the drivers: one CPU device per core if every
   # run's batch splits over them (DE-DSP's never does).
   cpu_devices.configure(
-    lambda count: all(train.uses_devices(c, count) for c in configs.values())
+    lambda count: all(recipes.uses_devices(c, count) for c in configs.values())
   )
   results = {}
   for method, seed in runs:

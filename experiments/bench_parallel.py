@@ -36,7 +36,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from dmljax import parallel  # noqa: E402
+from dmljax import recipes  # noqa: E402
 from dmljax import train  # noqa: E402
+from dmljax.recipes import pk_methods  # noqa: E402
 from experiments.configs import methods  # noqa: E402
 
 _METHOD = flags.DEFINE_string("method", "margin_dw", "A config name.")
@@ -77,7 +79,7 @@ def time_step(config, num_devices: int, mining: str) -> float:
     config.data.batch_size, num_devices, config.data.images_per_class, mining
   )
   mesh = parallel.make_mesh(num_devices)
-  model = train.make_model(config, axis_name=parallel.DATA_AXIS)
+  model = recipes.make_model(config, axis_name=parallel.DATA_AXIS)
   tx = train.make_optimizer(config)
   host_batch = _batch(config, np.random.default_rng(0))
   state = train.create_train_state(
@@ -89,8 +91,8 @@ def time_step(config, num_devices: int, mining: str) -> float:
     num_images=10**5,
   )
   state = parallel.replicate(state, mesh)
-  step = train.make_train_step(
-    model, train.make_method(config), tx, mesh=mesh, mining=mining
+  step = pk_methods.make_train_step(
+    model, pk_methods.make_method(config), tx, mesh=mesh, mining=mining
   )
   batch = parallel.shard_batch(host_batch, mesh)
   for _ in range(2):  # Compile, warm up.

@@ -43,7 +43,9 @@ import dmljax
 from dmljax import cpu_devices
 from dmljax import data as data_lib
 from dmljax import parallel
+from dmljax import recipes
 from dmljax import train
+from dmljax.recipes import pk_methods
 from experiments import torch_twin
 from experiments.configs import methods
 
@@ -87,8 +89,8 @@ def dmljax_cells(config, train_split, batches, budget_s) -> dict:
     requested=config.parallel.num_devices,
   )
   mesh = parallel.make_mesh(num_devices)
-  model = train.make_model(config, axis_name=parallel.DATA_AXIS)
-  method = train.make_method(config)
+  model = recipes.make_model(config, axis_name=parallel.DATA_AXIS)
+  method = pk_methods.make_method(config)
   tx = train.make_optimizer(config)
   state = train.create_train_state(
     config,
@@ -99,7 +101,7 @@ def dmljax_cells(config, train_split, batches, budget_s) -> dict:
     num_images=len(train_split),
   )
   cells = parts_ms(config, state, tx, method, batches[0], budget_s / 2)
-  step_fn = train.make_train_step(
+  step_fn = pk_methods.make_train_step(
     model, method, tx, mesh=mesh, mining=config.parallel.mining
   )
   placed = [parallel.shard_batch(b, mesh) for b in batches]
@@ -119,7 +121,7 @@ def dmljax_cells(config, train_split, batches, budget_s) -> dict:
 
 def parts_ms(config, state, tx, method, batch, budget_s) -> dict:
   """ms of the step's parts, each jitted alone on one device."""
-  model = train.make_model(config)
+  model = recipes.make_model(config)
   params = state["params"]["embed"]
   images = jnp.asarray(batch["image"])
 
@@ -286,7 +288,7 @@ def bench_dataset(dataset: str) -> dict:
   """One dataset's cells, in this process (JAX not yet started)."""
   config = methods.get_config(f"method={_METHOD.value},dataset={dataset}")
   # As the drivers do, before JAX starts (see dmljax.cpu_devices).
-  cpu_devices.configure(lambda count: train.uses_devices(config, count))
+  cpu_devices.configure(lambda count: recipes.uses_devices(config, count))
   peer = load_peer()
   train_split, _ = data_lib.load_splits(config)
   batches = list(_batches(config, train_split, num_steps=_NUM_BATCHES))

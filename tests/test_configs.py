@@ -1,8 +1,11 @@
 """Every named config builds and locks; the CLI rewrites --config names."""
 
+import inspect
+
 import ml_collections
 import pytest
 
+from dmljax import samplers
 from experiments import _cli
 from experiments.configs import common
 from experiments.configs import methods
@@ -114,3 +117,12 @@ def test_ablation_overrides_reject_bad_items(item, error, match):
   config = methods.get_config("method=margin_dw,dataset=digits")
   with pytest.raises(error, match=match):
     common.apply_overrides(config, [item])
+
+
+def test_sampler_options_default_to_the_samplers_own_defaults():
+  # One default per option: the config carries the function's.
+  config = common.base_config("glyphs")
+  for name, options in samplers.SAMPLER_OPTIONS.items():
+    parameters = inspect.signature(samplers.SAMPLERS[name]).parameters
+    for option in options:
+      assert config.sampler[option] == parameters[option].default, option

@@ -3,7 +3,7 @@
 import pytest
 
 from dmljax import cpu_devices
-from dmljax import train
+from dmljax import recipes
 from experiments.configs import methods
 
 _FLAG = "--xla_force_host_platform_device_count"
@@ -68,4 +68,4 @@ def test_uses_devices_follows_the_batch_and_the_recipe(
   method, dataset, count, uses
 ):
   config = methods.get_config(f"method={method},dataset={dataset}")
-  assert train.uses_devices(config, count) is uses
+  assert recipes.uses_devices(config, count) is uses

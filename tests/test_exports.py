@@ -19,7 +19,7 @@ from test_folder import _make_folder
 from dmljax import checkpoint as checkpoint_lib
 from dmljax import export
 from dmljax import models
-from dmljax import train
+from dmljax import recipes
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _network():
   config = methods.get_config("method=margin_dw,dataset=folder,smoke")
-  model = train.make_model(config)
+  model = recipes.make_model(config)
   variables = models.init_embedder(model, jax.random.key(0), (1, 32, 32, 3))
   return config, model, variables
 

@@ -123,12 +123,44 @@ def test_terms_exactly_zero_where_masked(kernel, loss):
     assert np.all(term[ref.mask] > 0.0)
 
 
-def test_losses_dict_names():
-  assert {"margin", "contrastive", "triplet_l2", "triplet_l2sq"} <= set(
-    losses.LOSSES
+def _reference_terms(name, d, ref, beta, margin):
+  if name == "contrastive":
+    return reference.contrastive_terms(d, ref, margin=margin)
+  if name == "margin":
+    return reference.margin_terms(d, ref, beta, margin=margin)
+  squared = {"triplet_l2": False, "triplet_l2sq": True}[name]
+  return (reference.triplet_terms(d, ref, margin=margin, squared=squared),)
+
+
+@pytest.mark.parametrize(
+  "name", ["margin", "contrastive", "triplet_l2", "triplet_l2sq"]
+)
+def test_registry_terms_are_a_tuple_of_the_papers_terms(name):
+  # One return convention: every tuple loss gives a tuple of [T] arrays,
+  # two for the pairwise losses, one for the triplet losses.
+  spec = losses.LOSSES[name]
+  x, _, trip, ref = _setup(5)
+  d = _d32(x)
+  beta = np.float32(1.1)
+  extra = (beta,) if spec.takes_beta else ()
+  got = spec.terms(d, trip, *extra, margin=0.3)
+  want = _reference_terms(name, d, ref, beta, 0.3)
+  assert isinstance(got, tuple)
+  assert len(got) == {"pairwise": 2, "triplet": 1}[spec.structure]
+  for term, expected in zip(got, want, strict=True):
+    assert term.shape == ref.mask.shape
+    np.testing.assert_allclose(term, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_registry_specs_agree_with_the_losses():
+  assert [n for n, s in losses.LOSSES.items() if s.takes_beta] == ["margin"]
+  assert [n for n, s in losses.LOSSES.items() if s.squared] == ["triplet_l2sq"]
+  assert losses.LOSSES["npair"].structure == "npair"
+  assert set(s.structure for s in losses.LOSSES.values()) == set(
+    losses.STRUCTURES
   )
-  for name, fn in losses.LOSSES.items():
-    assert callable(fn), name
+  with pytest.raises(ValueError, match="Unknown loss 'triplet'.*npair"):
+    losses.loss_spec("triplet")
 
 
 # ----------------------------------------------------------------------------

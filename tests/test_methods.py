@@ -360,3 +360,8 @@ def test_labels_length_mismatch_raises():
   x, labels = _batch(11)
   with pytest.raises(ValueError):
     fn(jax.random.key(0), x, labels[:-K])
+
+
+def test_npair_refuses_a_sampler_it_would_ignore():
+  with pytest.raises(ValueError, match="cannot use the sampler 'semihard'"):
+    methods.make_method(loss="npair", sampler="semihard")

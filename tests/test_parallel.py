@@ -19,7 +19,9 @@ import pytest
 from dmljax import checkpoint as checkpoint_lib
 from dmljax import data as data_lib
 from dmljax import parallel
+from dmljax import recipes
 from dmljax import train
+from dmljax.recipes import pk_methods
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +47,7 @@ def _batch(seed=0):
 
 
 def _setup(config, axis_name):
-  model = train.make_model(config, axis_name=axis_name)
+  model = recipes.make_model(config, axis_name=axis_name)
   tx = train.make_optimizer(config)
   state = train.create_train_state(
     config,
@@ -77,7 +79,7 @@ def _relative_error(got, expected):
 def _reference_gradients(config):
   """Loss, aux and gradients of the plain single-device objective."""
   model, _, state = _setup(config, axis_name=None)
-  objective = train.make_objective(model, train.make_method(config))
+  objective = pk_methods.make_objective(model, pk_methods.make_method(config))
   key = jax.random.key(7)
 
   def loss_fn(params):
@@ -100,7 +102,7 @@ def test_global_mining_gives_the_single_device_gradients(method, num_devices):
   model, _, state = _setup(config, axis_name=parallel.DATA_AXIS)
   gradients = jax.jit(
     parallel.sharded_gradients(
-      train.make_objective(model, train.make_method(config)), mesh
+      pk_methods.make_objective(model, pk_methods.make_method(config)), mesh
     )
   )
   state = parallel.replicate(state, mesh)
@@ -120,12 +122,12 @@ def test_global_mining_gives_the_single_device_gradients(method, num_devices):
 def test_train_steps_match_on_any_device_count(num_devices):
   config = _config()
   plain_model, tx, plain_state = _setup(config, axis_name=None)
-  method = train.make_method(config)
-  plain_step = train.make_train_step(plain_model, method, tx)
+  method = pk_methods.make_method(config)
+  plain_step = pk_methods.make_train_step(plain_model, method, tx)
   mesh = parallel.make_mesh(num_devices)
   model, _, state = _setup(config, axis_name=parallel.DATA_AXIS)
   state = parallel.replicate(state, mesh)
-  step = train.make_train_step(model, method, tx, mesh=mesh)
+  step = pk_methods.make_train_step(model, method, tx, mesh=mesh)
   for seed in range(3):
     plain_state, plain_metrics = plain_step(plain_state, _batch(seed))
     state, metrics = step(state, parallel.shard_batch(_batch(seed), mesh))
@@ -146,7 +148,7 @@ def test_train_steps_match_on_any_device_count(num_devices):
 def test_local_mining_is_the_mean_over_the_slices(num_devices):
   config = _config()
   model, _, state = _setup(config, axis_name=None)
-  method = train.make_method(config)
+  method = pk_methods.make_method(config)
   batch, key = _batch(), jax.random.key(3)
   rows = BATCH // num_devices
 
@@ -176,7 +178,7 @@ def test_local_mining_is_the_mean_over_the_slices(num_devices):
   sharded_model, _, _ = _setup(config, axis_name=parallel.DATA_AXIS)
   gradients = jax.jit(
     parallel.sharded_gradients(
-      train.make_objective(sharded_model, method), mesh, mining="local"
+      pk_methods.make_objective(sharded_model, method), mesh, mining="local"
     )
   )
   replicated = parallel.replicate(state, mesh)

@@ -19,7 +19,7 @@ from test_folder import _make_folder
 
 from dmljax import export
 from dmljax import models
-from dmljax import train
+from dmljax import recipes
 from dmljax.data import folder
 from experiments.configs import methods
 
@@ -32,7 +32,7 @@ def exported(tmp_path_factory):
   root = tmp_path_factory.mktemp("query")
   listing = folder.read_folder(_make_folder(root / "d", classes=4))
   config = methods.get_config("method=margin_dw,dataset=folder,smoke")
-  model = train.make_model(config)
+  model = recipes.make_model(config)
   variables = models.init_embedder(model, jax.random.key(0), (1, 32, 32, 3))
   embeddings = export.embed_images(
     model, variables, listing.paths, export.preprocess_of(config.data)

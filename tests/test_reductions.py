@@ -82,3 +82,25 @@ def test_nonzero_mean_gradient(kernel):
   )
   # The divisor is a count (no gradient): each masked term weighs 1 / count.
   np.testing.assert_allclose(grad, mask / count, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["nonzero", "mean"])
+@pytest.mark.parametrize("num_terms", [1, 2])
+@pytest.mark.parametrize("extra", [None, 0.7])
+def test_reduce_terms_matches_float64(kernel, jit, reduction, num_terms, extra):
+  terms = [_terms(10 + i)[0] for i in range(num_terms)]
+  mask = _terms(10)[1]
+  masked = np.stack([np.where(mask, t, 0.0) for t in terms]).astype(np.float64)
+  numerator = masked.sum() + (extra or 0.0)
+  if reduction == "nonzero":
+    divisor = max(int(np.sum(masked > 0)), 1)
+  else:
+    divisor = max(num_terms * int(mask.sum()), 1)
+  fn = kernel(reductions.reduce_terms, jit=jit, reduction=reduction)
+  got = fn(tuple(terms), mask, extra=extra)
+  np.testing.assert_allclose(got, numerator / divisor, rtol=1e-6)
+
+
+def test_reduce_terms_names_the_reductions():
+  with pytest.raises(ValueError, match="Unknown reduction 'sum'.*nonzero"):
+    reductions.reduce_terms((jnp.ones(2),), jnp.ones(2, bool), reduction="sum")

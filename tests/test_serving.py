@@ -21,8 +21,8 @@ from PIL import Image
 from dmljax import checkpoint as checkpoint_lib
 from dmljax import export
 from dmljax import models
+from dmljax import recipes
 from dmljax import serving
-from dmljax import train
 from dmljax.data import augment
 from dmljax.data import embedded
 from experiments.configs import methods
@@ -63,7 +63,7 @@ _CLIENT = textwrap.dedent(
 def _make_run(workdir, dataset="folder", step=3):
   """A run directory: config.json + checkpoint `step`; (config, variables)."""
   config = methods.get_config(f"method=margin_dw,dataset={dataset},smoke")
-  model = train.make_model(config)
+  model = recipes.make_model(config)
   channels = 3 if config.data.resize_size else 1
   size = config.data.image_size
   variables = models.init_embedder(

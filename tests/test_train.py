@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dmljax import recipes
 from dmljax import reporting
 from dmljax import train
 from dmljax.recipes import pk_methods
@@ -111,7 +112,7 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
 
 def test_nonfinite_step_keeps_the_last_good_state():
   config = _config()
-  model = train.make_model(config)
+  model = recipes.make_model(config)
   tx = train.make_optimizer(config)
   state = train.create_train_state(
     config,
@@ -122,7 +123,7 @@ def test_nonfinite_step_keeps_the_last_good_state():
     num_images=100,
   )
   before = np.asarray(state["params"]["embed"]["head"]["kernel"]).copy()
-  step = train.make_train_step(model, _nan_method, tx)
+  step = pk_methods.make_train_step(model, _nan_method, tx)
   batch = {
     "image": jnp.ones((20, 8, 8, 1)),
     "label": jnp.repeat(jnp.arange(4), 5),

@@ -15,32 +15,16 @@ from dmljax import beta as beta_lib
 from dmljax import methods as methods_lib
 from dmljax import optim as optim_lib
 from dmljax import parallel
+from dmljax import samplers
 from dmljax.recipes import base
-
-# The options of each sampler that a config carries (others take none).
-SAMPLER_OPTIONS = {
-  "random": (),
-  "hard": (),
-  "semihard": ("lower_bound", "fallback"),
-  "distance_weighted": (
-    "cutoff",
-    "nonzero_loss_cutoff",
-    "method",
-    "no_usable_negative",
-  ),
-}
 
 
 def make_method(config: ml_collections.ConfigDict) -> methods_lib.Method:
   """The (sampler, loss) of `config` as a pure function."""
   sampler = config.sampler.name
-  if sampler not in SAMPLER_OPTIONS:
-    raise ValueError(
-      f"Unknown sampler {sampler!r}; choose one of {sorted(SAMPLER_OPTIONS)}."
-    )
   options = {
     name: config.sampler[name]
-    for name in SAMPLER_OPTIONS[sampler]
+    for name in samplers.SAMPLER_OPTIONS.get(sampler, ())
     if config.sampler[name] is not None
   }
   return methods_lib.make_method(

@@ -31,3 +31,17 @@ SAMPLERS: dict[str, Sampler] = {
   "semihard": semihard_sampling,
   "distance_weighted": distance_weighted_sampling,
 }
+
+# The keyword options of each sampler that a run's config carries (config
+# field sampler.<option>, None there meaning the sampler's own default).
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+  "random": (),
+  "hard": (),
+  "semihard": ("lower_bound", "fallback"),
+  "distance_weighted": (
+    "cutoff",
+    "nonzero_loss_cutoff",
+    "method",
+    "no_usable_negative",
+  ),
+}
