@@ -152,111 +152,153 @@ def _existing_file(value) -> str | None:
   return None
 
 
-def _field_checks() -> dict[str, Check]:
-  """dotted field → check. Imports the registries lazily (no cycles)."""
+_COUNT, _POSITIVE, _NON_NEGATIVE = _integer(0), _integer(1), _number(0.0)
+
+
+def _data_checks() -> dict[str, Check]:
+  """data.*: the dataset, its batches, preprocessing and split."""
   # pylint: disable=import-outside-toplevel
-  from dmljax import beta
-  from dmljax import losses
-  from dmljax import methods
-  from dmljax import optim
-  from dmljax import parallel
-  from dmljax import samplers
-  from dmljax import train
   from dmljax.data import embedded
   from dmljax.data import folder
   from dmljax.data import images
   from dmljax.data import readers
-  from dmljax.dsp import algorithm
-  from dmljax.dsp import objective
-  from dmljax.dsp import reinforce
-  from dmljax.dsp import training as dsp_training
-  from dmljax.models import embedder
-  from dmljax.samplers import distance_weighted
-  from dmljax.samplers import mining
 
-  count, positive = _integer(0), _integer(1)
-  non_negative = _number(0.0)
   return {
-    "seed": _integer(0),
     "data.name": _one_of([*embedded.DATASETS, *readers.READERS, "folder"]),
-    "data.image_size": positive,
-    "data.batch_size": positive,
+    "data.image_size": _POSITIVE,
+    "data.batch_size": _POSITIVE,
     "data.images_per_class": _integer(2),
-    "data.num_workers": count,
-    "data.max_shift": _optional(count),
+    "data.num_workers": _COUNT,
+    "data.max_shift": _optional(_COUNT),
     "data.flip": _boolean,
     "data.cache_dir": _string,
     "data.data_dir": _string,
     "data.data_source": _one_of(("files", "tfds")),
-    "data.resize_size": count,
+    "data.resize_size": _COUNT,
     "data.resize_mode": _one_of(images.MODES),
     "data.standardize": _boolean,
     "data.cropped": _boolean,
     "data.check_counts": _boolean,
     "data.split": _one_of(folder.SPLIT_BY),
     "data.test_fraction": _number(0.0, 1.0, open_low=True, open_high=True),
-    "data.split_seed": count,
+    "data.split_seed": _COUNT,
     "data.test_classes": _string,
+  }
+
+
+def _method_checks() -> dict[str, Check]:
+  """model.*, sampler.* and loss.*: the network, tuple sampler and loss."""
+  # pylint: disable=import-outside-toplevel
+  from dmljax import losses
+  from dmljax import methods
+  from dmljax import samplers
+  from dmljax.models import embedder
+  from dmljax.recipes import dsp as dsp_recipe
+  from dmljax.samplers import distance_weighted
+  from dmljax.samplers import mining
+
+  return {
     "model.name": _one_of(embedder.BACKBONES),
-    "model.embedding_dim": positive,
+    "model.embedding_dim": _POSITIVE,
     "model.dtype": _float_dtype,
     "model.pretrained": _existing_file,
-    "sampler.name": _one_of([*samplers.SAMPLERS, dsp_training.DSP_SAMPLER]),
-    "sampler.num_negatives": positive,
-    "sampler.cutoff": non_negative,
+    "sampler.name": _one_of([*samplers.SAMPLERS, dsp_recipe.SAMPLER_NAME]),
+    "sampler.num_negatives": _POSITIVE,
+    "sampler.cutoff": _NON_NEGATIVE,
     "sampler.nonzero_loss_cutoff": _number(0.0, open_low=True),
     "sampler.method": _one_of(distance_weighted.DISTANCE_WEIGHTED_METHODS),
     "sampler.no_usable_negative": _one_of(distance_weighted.NO_USABLE_NEGATIVE),
     "sampler.lower_bound": _optional(_number()),
     "sampler.fallback": _one_of(mining.SEMIHARD_FALLBACKS),
-    "loss.name": _one_of([*losses.LOSSES, methods.NPAIR]),
-    "loss.margin": non_negative,
-    "loss.nu": non_negative,
+    "loss.name": _one_of(list(losses.LOSSES)),
+    "loss.margin": _NON_NEGATIVE,
+    "loss.nu": _NON_NEGATIVE,
     "loss.reduction": _one_of(methods.REDUCTIONS),
     "loss.npair_scale": _number(0.0, open_low=True),
+  }
+
+
+def _optimizer_checks() -> dict[str, Check]:
+  """beta.* and optim.*: the margin β and the network's optimiser."""
+  # pylint: disable=import-outside-toplevel
+  from dmljax import beta
+  from dmljax import optim
+  from dmljax import train
+
+  return {
     "beta.beta0": _number(),
     "beta.per_class": _boolean,
     "beta.per_image": _boolean,
     "beta.trainable": _subset_of(beta.BETA_PARTS),
-    "beta.learning_rate": non_negative,
+    "beta.learning_rate": _NON_NEGATIVE,
     "beta.momentum": _number(0.0, 1.0, open_high=True),
     "beta.gradient_divisor": _one_of(train.GRADIENT_DIVISORS),
     "optim.learning_rate": _number(0.0, open_low=True),
     "optim.schedule": _one_of(train.SCHEDULES),
-    "optim.warmup_steps": count,
+    "optim.warmup_steps": _COUNT,
     "optim.final_lr_fraction": _number(0.0, 1.0),
     "optim.decay_at": _fractions,
     "optim.decay_factor": _number(0.0, open_low=True),
     "optim.epsilon": _number(0.0, open_low=True),
-    "optim.weight_decay": non_negative,
+    "optim.weight_decay": _NON_NEGATIVE,
     "optim.weight_decay_mode": _one_of(optim.WEIGHT_DECAY_MODES),
     "optim.gradient_divisor": _one_of(train.GRADIENT_DIVISORS),
-    "optim.pretrained_conv_lr_multiplier": non_negative,
-    "train.num_steps": positive,
-    "train.log_every": positive,
-    "train.eval_every": positive,
-    "eval.batch_size": positive,
+    "optim.pretrained_conv_lr_multiplier": _NON_NEGATIVE,
+  }
+
+
+def _schedule_checks() -> dict[str, Check]:
+  """train.*, eval.* and ckpt.*: steps, evaluation and checkpoints."""
+  return {
+    "train.num_steps": _POSITIVE,
+    "train.log_every": _POSITIVE,
+    "train.eval_every": _POSITIVE,
+    "eval.batch_size": _POSITIVE,
     "eval.ks": _positive_integers,
-    "eval.block_size": positive,
-    "eval.kmeans_iters": positive,
+    "eval.block_size": _POSITIVE,
+    "eval.kmeans_iters": _POSITIVE,
     "eval.clustering_during_training": _boolean,
-    "eval.max_classes": count,
+    "eval.max_classes": _COUNT,
     "eval.num_folds": _integer(2),
-    "ckpt.every": positive,
-    "ckpt.max_to_keep": positive,
-    "dsp.kind": _one_of(algorithm.KINDS),
+    "ckpt.every": _POSITIVE,
+    "ckpt.max_to_keep": _POSITIVE,
+  }
+
+
+def _dsp_checks() -> dict[str, Check]:
+  """dsp.*: DE-DSP's sampler network, its pools and its training."""
+  # pylint: disable=import-outside-toplevel
+  from dmljax.dsp import objective
+  from dmljax.dsp import reinforce
+
+  return {
     "dsp.pool_classes": _integer(2),
     "dsp.pool_images_per_class": _integer(2),
-    "dsp.num_minibatches": positive,
-    "dsp.tuples_per_minibatch": positive,
+    "dsp.num_minibatches": _POSITIVE,
+    "dsp.tuples_per_minibatch": _POSITIVE,
     "dsp.baseline": _one_of(reinforce.BASELINES),
-    "dsp.entropy_weight": non_negative,
+    "dsp.entropy_weight": _NON_NEGATIVE,
     "dsp.learning_rate": _number(0.0, open_low=True),
-    "dsp.features": positive,
-    "dsp.downsample": positive,
-    "dsp.pretrain_steps": count,
+    "dsp.features": _POSITIVE,
+    "dsp.downsample": _POSITIVE,
+    "dsp.pretrain_steps": _COUNT,
     "dsp.reward_mode": _one_of(objective.REWARD_MODES),
-    "parallel.num_devices": count,
+  }
+
+
+def _field_checks() -> dict[str, Check]:
+  """dotted field → check. Each part imports its registries lazily."""
+  # pylint: disable=import-outside-toplevel
+  from dmljax import parallel
+
+  return {
+    "seed": _COUNT,
+    **_data_checks(),
+    **_method_checks(),
+    **_optimizer_checks(),
+    **_schedule_checks(),
+    **_dsp_checks(),
+    "parallel.num_devices": _COUNT,
     "parallel.mining": _one_of(parallel.MINING),
   }
 
@@ -305,7 +347,7 @@ def _data_dir_problems(data) -> list[str]:
   if data.name == "folder":
     how = folder.LAYOUT
   else:
-    how = sys.modules[readers.READERS[data.name].__module__].HOW_TO_GET
+    how = sys.modules[readers.READERS[data.name].load.__module__].HOW_TO_GET
   if not data.data_dir:
     return [
       f"{data.name}: no data directory given. Pass --data_dir=DIR (or "
@@ -322,10 +364,10 @@ def _combination_problems(config) -> list[str]:
   from dmljax import labels
   from dmljax import parallel
   from dmljax.data import readers
-  from dmljax.dsp import training as dsp_training
+  from dmljax.recipes import dsp as dsp_recipe
 
   data, problems = config.data, []
-  dsp = dsp_training.is_dsp(config)
+  dsp = config.sampler.name == dsp_recipe.SAMPLER_NAME
   try:
     labels.check_batch_shape(data.batch_size, data.images_per_class)
   except ValueError as error:
@@ -341,7 +383,7 @@ def _combination_problems(config) -> list[str]:
     problems += _data_dir_problems(data)
   if dsp:
     try:
-      dsp_training.check_config(config)
+      dsp_recipe.check_config(config)
     except ValueError as error:
       problems.append(str(error))
   else:

@@ -28,7 +28,9 @@ compares its config with config.json field by field:
 - every other field must be equal, and so must the set of fields (a field
   the run's config lacks was added to dmljax after the run started, and its
   default may not be what the run did), except dsp.* in a run whose
-  sampler is not DE-DSP's (it reads none of them).
+  sampler is not DE-DSP's (it reads none of them), and a field dmljax
+  retired because its value now follows from others (RETIRED_FIELDS:
+  dsp.kind, which loss.name decides).
 
 Anything else is refused with one line naming the fields, before anything
 in the directory is written: train that config in a new --workdir. A workdir
@@ -66,6 +68,9 @@ FREE_FIELDS = (
 )
 FREE_SECTIONS = ("ckpt.", "eval.")
 EXTENDABLE = "train.num_steps"
+# Fields dmljax no longer has because their value follows from others
+# (dsp.kind from loss.name): a run that recorded one may still resume.
+RETIRED_FIELDS = ("dsp.kind",)
 DSP_SAMPLER = "dsp"  # dsp.* matters only to runs with this sampler.
 _ABSENT = "<absent>"
 # The error of a refused start: the lock's and the resume rule's alike.
@@ -116,12 +121,15 @@ def refused_changes(
   to it and may change.
 
   >>> refused_changes({"train.num_steps": (300, 600), "eval.ks": (1, 2),
-  ...                  "data.batch_size": (25, 15), "dsp.features": (8, 4)})
-  {'data.batch_size': (25, 15)}
+  ...                  "data.batch_size": (25, 15), "dsp.features": (8, 4),
+  ...                  "dsp.kind": ("triplet", "<absent>")}, uses_dsp=True)
+  {'data.batch_size': (25, 15), 'dsp.features': (8, 4)}
   """
   refused = {}
   for name, (old, new) in changes.items():
     if _free(name) or (name.startswith("dsp.") and not uses_dsp):
+      continue
+    if name in RETIRED_FIELDS and new == _ABSENT:
       continue
     grows = (
       name == EXTENDABLE

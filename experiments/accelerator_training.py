@@ -5,7 +5,7 @@ appends finished rows to `ctx.out["rows"]`, calls `ctx.save()` after each,
 and checks `ctx.budget.expired()` before starting a cell, so a slow section
 keeps what it measured and leaves the rest of the run its time.
 
-Steps are the drivers' own: `dmljax.train.make_train_step` on a one-device
+Steps are the drivers' own: `dmljax.pk_methods.make_train_step` on a one-device
 mesh (`parallel.make_mesh`), the state replicated and the batch sharded as
 `train_and_evaluate` does, BatchNorm with `axis_name="data"`. The batch is
 synthetic (random pixels, P × K labels with K = 5, the last class short when
@@ -23,8 +23,10 @@ from PIL import Image
 
 from dmljax import data
 from dmljax import parallel
+from dmljax import recipes
 from dmljax import train
-from dmljax.dsp import training as dsp_training
+from dmljax.recipes import dsp as dsp_recipe
+from dmljax.recipes import pk_methods
 from experiments.configs import methods as configs
 
 # Train split sizes for β's tables (per-class β): SOP (Song et al.) and
@@ -93,7 +95,7 @@ class TrainCell:
     self.config = config
     self.batch_size = config.data.batch_size
     self.mesh = parallel.make_mesh(num_devices)
-    model = train.make_model(config, axis_name=parallel.DATA_AXIS)
+    model = recipes.make_model(config, axis_name=parallel.DATA_AXIS)
     tx = train.make_optimizer(config)
     host = synthetic_batch(config, self.batch_size)
     num_classes, num_images = TRAIN_SIZES.get(config.data.name, (1000, 10000))
@@ -107,8 +109,8 @@ class TrainCell:
     )
     self.state = parallel.replicate(state, self.mesh)
     self.batch = parallel.shard_batch(host, self.mesh)
-    step = train.make_train_step(
-      model, train.make_method(config), tx, mesh=self.mesh, mining=mining
+    step = pk_methods.make_train_step(
+      model, pk_methods.make_method(config), tx, mesh=self.mesh, mining=mining
     )
     start = time.perf_counter()
     self.step = step.lower(self.state, self.batch).compile()
@@ -308,11 +310,12 @@ def glyphs_step(ctx) -> None:
 
 
 def dsp_step(ctx) -> None:
-  """One DE-DSP step (Algorithm 1) on glyphs, via dsp.training.setup."""
+  """One DE-DSP step (Algorithm 1) on glyphs, via recipes.dsp.setup."""
   config = get_config("dsp_triplet", "glyphs", ctx.smoke)
-  classes, per_class = dsp_training.pool_shape(config)
+  settings = dsp_recipe.settings(config)
+  classes, per_class = settings.pool_shape
   config.data.batch_size = classes * per_class
-  model = train.make_model(config, axis_name=None)
+  model = recipes.make_model(config, axis_name=None)
   tx = train.make_optimizer(config)
   host = synthetic_batch(config, classes * per_class)
   host["label"] = np.repeat(np.arange(classes), per_class).astype(np.int32)
@@ -325,7 +328,9 @@ def dsp_step(ctx) -> None:
     num_classes=num_classes,
     num_images=num_images,
   )
-  out = dsp_training.setup(config, model, tx, state, image_shape(config))
+  out = dsp_recipe.setup(
+    config, model, tx, state, image_shape(config), settings
+  )
   state, step = out[0], out[1]
   batch = jax.device_put(host)
   start = time.perf_counter()

@@ -20,7 +20,7 @@ from dmljax.dsp import objective
 from dmljax.dsp import policy
 from dmljax.dsp import reinforce
 from dmljax.dsp import selection
-from dmljax.dsp import training
+from dmljax.recipes import dsp as dsp_recipe
 from experiments.configs import methods
 
 # A toy policy: softmax over 3 arms with logits θ, fixed reward per arm.
@@ -277,17 +277,17 @@ def _digits_dsp(kind):
   state = algorithm.add_sampler_state(
     state, network, dsn_tx, jax.random.key(3), (8, 8, 1)
   )
-  options = dict(
-    kind=kind,
+  settings = algorithm.Settings(
+    loss="npair" if kind == "npair" else "triplet_l2sq",
     pool_classes=_POOL[0],
     pool_images_per_class=_POOL[1],
     num_minibatches=2,
     tuples_per_minibatch=4,
     reduction="mean",
   )
-  step = algorithm.make_dsp_step(model, network, tx, dsn_tx, **options)
+  step = algorithm.make_dsp_step(model, network, tx, dsn_tx, settings)
   pretrain = algorithm.make_dsp_step(
-    model, network, tx, dsn_tx, update_embedding=False, **options
+    model, network, tx, dsn_tx, settings, update_embedding=False
   )
   return split, state, step, pretrain
 
@@ -341,7 +341,7 @@ def test_pretrain_sampler_runs_the_missing_steps_once():
 
   def run(state, num_steps):
     config.dsp.pretrain_steps = num_steps
-    return training.pretrain_sampler(
+    return dsp_recipe.pretrain_sampler(
       config, state, pretrain, split, enabled=False
     )
 

@@ -52,13 +52,18 @@ def _setup(kind, **options):
   state = algorithm.add_sampler_state(
     state, network, dsn_tx, jax.random.key(3), (8, 8, 1)
   )
-  options.update(kind=kind, pool_classes=_P, pool_images_per_class=_M)
-  options.update(num_minibatches=_K, tuples_per_minibatch=_m)
-  reduction = options.pop("reduction", "nonzero")
-  step = algorithm.make_dsp_step(
-    model, network, tx, dsn_tx, reduction=reduction, **options
+  squared = options.pop("squared", True)
+  loss = "npair" if kind == "npair" else ("triplet_l2" + "sq" * squared)
+  settings = algorithm.Settings(
+    loss=loss,
+    pool_classes=_P,
+    pool_images_per_class=_M,
+    num_minibatches=_K,
+    tuples_per_minibatch=_m,
+    **options,
   )
-  updates = algorithm.make_sampler_updates(model, network, dsn_tx, **options)
+  step = algorithm.make_dsp_step(model, network, tx, dsn_tx, settings)
+  updates = algorithm.make_sampler_updates(model, network, dsn_tx, settings)
   return model, state, pool, step, updates
 
 

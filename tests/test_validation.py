@@ -72,7 +72,7 @@ def test_every_shipped_config_is_valid(name, dataset, tmp_path):
     ("eval.ks", (), "eval.ks must be a non-empty tuple"),
     ("parallel.mining", "everywhere", "parallel.mining must be one of"),
     ("model.pretrained", "/no/such.safetensors", "names no file"),
-    ("dsp.kind", "quadruplet", "dsp.kind must be one of"),
+    ("dsp.reward_mode", "eval", "dsp.reward_mode must be one of"),
   ],
 )
 def test_bad_values_are_refused_naming_the_field(field, value, message):

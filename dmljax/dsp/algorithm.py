@@ -36,6 +36,7 @@ initial, frozen embedding network, so the sampler starts out knowing which
 candidates that network finds hard.
 """
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -43,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dmljax import losses as losses_lib
 from dmljax import optim
 from dmljax import reductions
 from dmljax.dsp import network as network_lib
@@ -50,10 +52,83 @@ from dmljax.dsp import objective
 from dmljax.dsp import reinforce
 from dmljax.dsp import selection
 
-KINDS = ("triplet", "npair")
 # Pre-training keys: fold_in(fold_in(rng, _PRETRAIN_STREAM), i), apart from
 # the training steps' fold_in(rng, step).
 _PRETRAIN_STREAM = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Algorithm 1's settings, checked when made.
+
+  Attributes:
+    pool_classes, pool_images_per_class: P and M of the candidate pool.
+    loss: the embedding loss, a `losses.LOSSES` name: "triplet_l2sq" (eq. 2,
+      [D_ap² − D_an² + α]₊), "triplet_l2" ([D_ap − D_an + α]₊) or "npair"
+      (eq. 9). It decides the kind of tuple the policy draws (`kind`).
+    num_minibatches: K of Algorithm 1.
+    tuples_per_minibatch: m (triplets); N-pair mini-batches hold P pairs.
+    margin: α of the triplet loss.
+    npair_scale: `losses.npair_loss`'s scale (N-pair).
+    baseline: REINFORCE baseline (`reinforce.BASELINES`).
+    entropy_weight: λ of an optional entropy bonus −λ·mean H(p) in the
+      sampler's loss (not in the paper: 0 by default); it keeps the policy
+      from collapsing onto single candidates.
+    reward_mode: BatchNorm of the embedding network when the sampler's
+      scores are computed: "inference" (running averages: a tuple's score
+      does not depend on the tuples drawn with it) or "train" (the chosen
+      images' batch statistics). The θ update always trains.
+    reduction: "nonzero" or "mean" over the batch's terms (θ update; see
+      `objective.embedding_loss` for how the K mini-batches combine).
+  """
+
+  pool_classes: int
+  pool_images_per_class: int
+  loss: str = "triplet_l2sq"
+  num_minibatches: int = 4
+  tuples_per_minibatch: int = 30
+  margin: float = 0.2
+  npair_scale: float = 1.0
+  baseline: str = "mean"
+  entropy_weight: float = 0.0
+  reward_mode: str = "inference"
+  reduction: str = "nonzero"
+
+  def __post_init__(self):
+    structure = losses_lib.loss_spec(self.loss).structure
+    if structure not in ("triplet", "npair"):
+      raise ValueError(
+        f"DE-DSP trains with a triplet loss (triplet_l2sq, eq. 2, or "
+        f"triplet_l2) or with npair (eq. 9), not {self.loss!r}: set "
+        f"--config.loss.name accordingly."
+      )
+    objective.check_choice(
+      "reward mode", self.reward_mode, objective.REWARD_MODES
+    )
+    objective.check_choice("reduction", self.reduction, reductions.REDUCTIONS)
+    reinforce.advantages(jnp.zeros(1), jnp.ones(1, bool), self.baseline)
+    if self.kind == "triplet":  # Checks m ≤ P.
+      selection.hand_picked_anchors(
+        jax.random.key(0), *self.pool_shape, self.tuples_per_minibatch
+      )
+
+  @property
+  def kind(self) -> str:
+    """ "triplet" (L = 2 networks) or "npair": the tuples the policy draws."""
+    return losses_lib.LOSSES[self.loss].structure
+
+  @property
+  def pool_shape(self) -> tuple[int, int]:
+    return self.pool_classes, self.pool_images_per_class
+
+  @property
+  def loss_options(self) -> dict[str, Any]:
+    """margin, squared, npair_scale of `objective.tuple_terms`."""
+    return dict(
+      margin=self.margin,
+      squared=losses_lib.LOSSES[self.loss].squared,
+      npair_scale=self.npair_scale,
+    )
 
 
 def step_key(state: dict[str, Any]) -> jax.Array:
@@ -94,7 +169,7 @@ def policy_choices(
       gallery slots (N-pair), and the policy's draws.
     images: [P·M, H, W, C] pool images, class-major.
     ids: [P, M] dataset image ids of the pool.
-    kind, tuples_per_minibatch: as in `make_dsp_step`.
+    kind, tuples_per_minibatch: as in `Settings`.
 
   Returns:
     m triplets or P pairs, fields [m] / [P].
@@ -124,49 +199,28 @@ def make_sampler_updates(
   model,
   network: network_lib.DeepSamplerNetwork,
   dsn_tx: optax.GradientTransformation,
-  *,
-  kind: str = "triplet",
-  pool_classes: int,
-  pool_images_per_class: int,
-  num_minibatches: int = 4,
-  tuples_per_minibatch: int = 30,
-  margin: float = 0.2,
-  squared: bool = True,
-  npair_scale: float = 1.0,
-  baseline: str = "mean",
-  entropy_weight: float = 0.0,
-  reward_mode: str = "inference",
+  settings: Settings,
 ):
   """Lines 3–9 of Algorithm 1: the K policy mini-batches of one step.
-
-  Arguments as in `make_dsp_step`.
 
   Returns:
     sampler_updates(state, pool, key) → ((dsn, dsn_opt), (tuples, dsn_loss
     [K], mean_score [K])), jitted; tuples' fields are [K, m]. The step
     calls it with `step_key(state)`, so the same call gives its tuples.
   """
-  objective.check_choice("DSP kind", kind, KINDS)
-  objective.check_choice("reward mode", reward_mode, objective.REWARD_MODES)
-  reinforce.advantages(jnp.zeros(1), jnp.ones(1, bool), baseline)  # Checks.
-  shape = (pool_classes, pool_images_per_class)
-  if kind == "triplet":  # Checks m ≤ P at build time.
-    selection.hand_picked_anchors(
-      jax.random.key(0), *shape, tuples_per_minibatch
-    )
+  shape = settings.pool_shape
+  baseline, entropy_weight = settings.baseline, settings.entropy_weight
   choose = functools.partial(
     policy_choices,
     network,
-    kind=kind,
-    tuples_per_minibatch=tuples_per_minibatch,
+    kind=settings.kind,
+    tuples_per_minibatch=settings.tuples_per_minibatch,
   )
   scores_of = functools.partial(
     objective.reward_scores,
     model,
-    reward_mode=reward_mode,
-    margin=margin,
-    squared=squared,
-    npair_scale=npair_scale,
+    reward_mode=settings.reward_mode,
+    **settings.loss_options,
   )
 
   @jax.jit
@@ -195,7 +249,7 @@ def make_sampler_updates(
       dsn_params = optax.apply_updates(dsn_params, updates)
       return (dsn_params, dsn_opt), (tuples, loss, score)
 
-    keys = jax.random.split(key, num_minibatches)
+    keys = jax.random.split(key, settings.num_minibatches)
     carry = (state["dsn"], state["dsn_opt"])
     return jax.lax.scan(minibatch, carry, keys)
 
@@ -207,19 +261,8 @@ def make_dsp_step(
   network: network_lib.DeepSamplerNetwork,
   tx: optax.GradientTransformation,
   dsn_tx: optax.GradientTransformation,
+  settings: Settings,
   *,
-  kind: str = "triplet",
-  pool_classes: int,
-  pool_images_per_class: int,
-  num_minibatches: int = 4,
-  tuples_per_minibatch: int = 30,
-  margin: float = 0.2,
-  squared: bool = True,
-  npair_scale: float = 1.0,
-  baseline: str = "mean",
-  entropy_weight: float = 0.0,
-  reward_mode: str = "inference",
-  reduction: str = "nonzero",
   update_embedding: bool = True,
 ):
   """step(state, pool) → (state, metrics), jitted.
@@ -229,24 +272,7 @@ def make_dsp_step(
     network: the DSN.
     tx: the embedding optimiser (over state["params"]).
     dsn_tx: the DSN's optimiser.
-    kind: "triplet" (L = 2 networks) or "npair".
-    pool_classes, pool_images_per_class: P and M of the pool.
-    num_minibatches: K of Algorithm 1.
-    tuples_per_minibatch: m (triplets); N-pair mini-batches hold P pairs.
-    margin: α of the triplet loss.
-    squared: the triplet loss on squared ℓ2 distances, eq. 2 (True), or on
-      ℓ2 distances.
-    npair_scale: `losses.npair_loss`'s scale (N-pair).
-    baseline: REINFORCE baseline (`reinforce.BASELINES`).
-    entropy_weight: λ of an optional entropy bonus −λ·mean H(p) in the
-      sampler's loss (not in the paper: 0 by default); it keeps the policy
-      from collapsing onto single candidates.
-    reward_mode: BatchNorm of the embedding network when the sampler's
-      scores are computed: "inference" (running averages: a tuple's score
-      does not depend on the tuples drawn with it) or "train" (the chosen
-      images' batch statistics). The θ update always trains.
-    reduction: "nonzero" or "mean" over the batch's terms (θ update; see
-      `objective.embedding_loss` for how the K mini-batches combine).
+    settings: Algorithm 1's `Settings`.
     update_embedding: False gives the sampler's pre-training step: the K
       policy updates only; θ, its optimiser, the batch statistics and
       state["step"] stay, and state["dsn_pretrain_step"] advances.
@@ -256,26 +282,15 @@ def make_dsp_step(
     [P·M]}, class-major. metrics: loss, grad_norm, dsn_loss, mean_score,
     fraction_valid, fraction_nonzero (pre-training: dsn_loss, mean_score).
   """
-  objective.check_choice("reduction", reduction, objective.REDUCTIONS)
-  loss_options = dict(margin=margin, squared=squared, npair_scale=npair_scale)
-  sampler_updates = make_sampler_updates(
-    model,
-    network,
-    dsn_tx,
-    kind=kind,
-    pool_classes=pool_classes,
-    pool_images_per_class=pool_images_per_class,
-    num_minibatches=num_minibatches,
-    tuples_per_minibatch=tuples_per_minibatch,
-    baseline=baseline,
-    entropy_weight=entropy_weight,
-    reward_mode=reward_mode,
-    **loss_options,
-  )
+  sampler_updates = make_sampler_updates(model, network, dsn_tx, settings)
   if not update_embedding:
     return _pretrain_step(sampler_updates)
   return _embedding_step(
-    model, tx, sampler_updates, reduction=reduction, **loss_options
+    model,
+    tx,
+    sampler_updates,
+    reduction=settings.reduction,
+    **settings.loss_options,
   )
 
 

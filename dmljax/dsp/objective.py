@@ -48,7 +48,6 @@ from dmljax.dsp import selection
 from dmljax.samplers.triplets import Triplets
 
 REWARD_MODES = ("inference", "train")
-REDUCTIONS = ("nonzero", "mean")
 
 Tuples = selection.PoolTriplets | selection.PoolPairs
 
@@ -185,7 +184,7 @@ def embedding_loss(
     terms: [K, m] terms from `tuple_terms` (any shape works).
     mask: [K, m] bool, valid tuples.
     reduction: "nonzero" (`reductions.nonzero_mean`) or "mean"
-      (`reductions.masked_mean`).
+      (`reductions.masked_mean`), through `reductions.reduce_terms`.
 
   Returns:
     Scalar.
@@ -194,11 +193,9 @@ def embedding_loss(
   >>> float(embedding_loss(terms, terms >= 0, reduction="mean"))
   1.75
   """
-  check_choice("reduction", reduction, REDUCTIONS)
-  terms, mask = terms.reshape(-1), mask.reshape(-1)
-  if reduction == "nonzero":
-    return reductions.nonzero_mean(terms, mask=mask)
-  return reductions.masked_mean(terms, mask)
+  return reductions.reduce_terms(
+    (terms.reshape(-1),), mask.reshape(-1), reduction=reduction
+  )
 
 
 def reward_scores(

@@ -9,7 +9,6 @@ DE-DSP's; every other sampler is a P × K method), never configured.
 
 import ml_collections
 
-from dmljax.dsp import training as dsp_training
 from dmljax.recipes import dsp
 from dmljax.recipes import pk_methods
 from dmljax.recipes.base import Prepared
@@ -23,7 +22,7 @@ __all__ = ["RECIPES", "Prepared", "Recipe", "build", "make_model"]
 
 def recipe_name(config: ml_collections.ConfigDict) -> str:
   """The key of RECIPES that trains `config`."""
-  return "dsp" if dsp_training.is_dsp(config) else "pk"
+  return "dsp" if config.sampler.name == dsp.SAMPLER_NAME else "pk"
 
 
 def build(config: ml_collections.ConfigDict, image_shape) -> Recipe:

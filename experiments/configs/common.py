@@ -53,6 +53,13 @@ _AUTHORS_OPTIM = dict(
   gradient_divisor="batch_size",
   pretrained_conv_lr_multiplier=0.01,
 )
+# Options a dataset may set besides the ones every entry names; what the
+# others get.
+_OPTIONAL = dict(
+  optim={},  # Overrides of the optim section (the benchmarks': _AUTHORS_OPTIM).
+  dsp_pool_classes=24,  # DE-DSP's pool P: the paper's batch of 120 / M 5.
+  dsp_tuples_per_minibatch=20,  # m: K·m·3 = 120 images per embedding step.
+)
 DATASETS = {
   "glyphs": dict(
     image_size=32,
@@ -181,19 +188,9 @@ def parse_arg(arg: str | None, **defaults):
   return parsed
 
 
-def base_config(
-  dataset: str, *, smoke: bool = False
-) -> ml_collections.ConfigDict:
-  """All options with defaults for `dataset`; `smoke`: a tiny, short run."""
-  if dataset not in DATASETS:
-    raise ValueError(
-      f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}."
-    )
-  d = DATASETS[dataset]
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.data = dict(
+def _data_section(dataset: str, d: dict) -> dict:
+  """data.*: the dataset, batch, P × K, augmentation and file options."""
+  return dict(
     name=dataset,
     image_size=d["image_size"],
     batch_size=d["batch_size"],
@@ -218,14 +215,23 @@ def base_config(
     split_seed=0,  # Not config.seed: another training seed, same split.
     test_classes="",
   )
-  c.model = dict(
+
+
+def _model_section(d: dict) -> dict:
+  """model.*: the embedding network."""
+  return dict(
     name=d["model"],
     embedding_dim=128,
     dtype="float32",  # "bfloat16" on accelerators (parameters stay f32).
     backbone_kwargs={},
     pretrained="",  # A torchvision/timm ResNet-50 .safetensors file.
   )
-  c.sampler = dict(
+
+
+def _method_sections() -> dict:
+  """sampler.*, loss.*, beta.*: the paper's (a method's config overrides)."""
+  sections = {}
+  sections["sampler"] = dict(
     name="distance_weighted",
     num_negatives=1,
     cutoff=0.5,
@@ -238,7 +244,7 @@ def base_config(
     lower_bound=config_dict.placeholder(float),  # None: D_ap (FaceNet).
     fallback="farthest",
   )
-  c.loss = dict(
+  sections["loss"] = dict(
     name="margin",
     margin=0.2,
     nu=0.0,
@@ -249,7 +255,7 @@ def base_config(
   # initialised at β⁽⁰⁾ = 1.2, SGD lr 0.1, momentum 0.9 on the gradient
   # divided by the global batch size; β⁽⁰⁾ itself fixed. The config
   # margin_dw_fast_beta is the other rule (undivided, β⁽⁰⁾ trained too).
-  c.beta = dict(
+  sections["beta"] = dict(
     beta0=1.2,
     per_class=True,
     per_image=False,
@@ -258,6 +264,11 @@ def base_config(
     momentum=0.9,
     gradient_divisor="batch_size",  # Or "none" (lr on the raw gradient).
   )
+  return sections
+
+
+def _optim_section(d: dict) -> dict:
+  """optim.*: the network's optimiser and schedule."""
   optim = {
     "learning_rate": d["learning_rate"],
     "schedule": "warmup_cosine",  # Or "step": × decay_factor at decay_at.
@@ -273,12 +284,13 @@ def base_config(
     # with model.pretrained; the authors' 0.01).
     "pretrained_conv_lr_multiplier": 1.0,
   }
-  optim.update(d.get("optim", {}))
-  c.optim = optim
-  c.train = dict(
-    num_steps=d["num_steps"], log_every=10, eval_every=d["eval_every"]
-  )
-  c.eval = dict(
+  optim.update(d["optim"])
+  return optim
+
+
+def _eval_section(d: dict) -> dict:
+  """eval.*: evaluation on the held-out classes."""
+  return dict(
     batch_size=500,
     ks=d["ks"],
     block_size=1024,
@@ -289,17 +301,19 @@ def base_config(
     max_classes=0,  # 0: every test class.
     num_folds=10,  # LFW verification: 10 folds of 600 pairs.
   )
-  c.ckpt = dict(every=250, max_to_keep=2)
+
+
+def _dsp_section(d: dict) -> dict:
+  """dsp.*: DE-DSP's sampler network (sampler.name = "dsp")."""
   # DE-DSP (`dmljax.dsp`, sampler.name = "dsp"): each step draws a pool of
   # P classes × M images; K mini-batches of m tuples are chosen by the
   # sampler network (Algorithm 1). Paper: batch 120, mini-batch 30; here
   # K·m·3 = 120 triplet images per embedding step, as the other methods.
-  c.dsp = dict(
-    kind="triplet",  # "triplet" (L = 2 networks) or "npair".
-    pool_classes=d.get("dsp_pool_classes", 24),
+  return dict(
+    pool_classes=d["dsp_pool_classes"],
     pool_images_per_class=10,
     num_minibatches=2,
-    tuples_per_minibatch=d.get("dsp_tuples_per_minibatch", 20),
+    tuples_per_minibatch=d["dsp_tuples_per_minibatch"],
     baseline="mean",  # The paper's; or "leave_one_out", "none".
     entropy_weight=0.0,  # Not in the paper.
     learning_rate=1e-3,
@@ -311,38 +325,69 @@ def base_config(
     # the mini-batch: biased, the old behaviour). dmljax/dsp/objective.py.
     reward_mode="inference",
   )
+
+
+def _shrink_for_smoke(c: ml_collections.ConfigDict, d: dict) -> None:
+  """The smoke variant of `c`, in place: big_vision's "runlocal".
+
+  4 steps of a tiny net through the whole
+  pipeline (evaluations, checkpoints, figures), under a minute on a CPU;
+  imports, compiling and the end-of-run figures take most of it, not the
+  steps.
+  """
+  c.data.batch_size = 20
+  c.model.backbone_kwargs = {"widths": (8, 16), "features": 32}
+  c.model.embedding_dim = 16
+  c.train.num_steps = 4
+  c.train.log_every = 1
+  c.train.eval_every = 2
+  c.optim.warmup_steps = 1
+  c.eval.max_classes = 20
+  c.eval.kmeans_iters = 5
+  c.ckpt.every = 2
+  c.dsp.pool_classes = 4
+  c.dsp.pool_images_per_class = 5
+  c.dsp.tuples_per_minibatch = 4
+  c.dsp.features = 8
+  if d["resize_size"]:  # A benchmark: tiny images, the small CPU net.
+    c.model.name = "small"
+    c.data.image_size = 32
+    c.data.resize_size = 36
+    c.data.num_workers = 0
+    c.data.check_counts = False
+    c.eval.ks = d["ks"][:2]
+    c.eval.batch_size = 16
+
+
+def base_config(
+  dataset: str, *, smoke: bool = False
+) -> ml_collections.ConfigDict:
+  """All options with defaults for `dataset`; `smoke`: a tiny, short run."""
+  if dataset not in DATASETS:
+    raise ValueError(
+      f"Unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}."
+    )
+  d = {**_OPTIONAL, **DATASETS[dataset]}
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = _data_section(dataset, d)
+  c.model = _model_section(d)
+  method = _method_sections()
+  c.sampler, c.loss, c.beta = method["sampler"], method["loss"], method["beta"]
+  c.optim = _optim_section(d)
+  c.train = dict(
+    num_steps=d["num_steps"], log_every=10, eval_every=d["eval_every"]
+  )
+  c.eval = _eval_section(d)
+  c.ckpt = dict(every=250, max_to_keep=2)
+  c.dsp = _dsp_section(d)
   c.parallel = dict(
     num_devices=0,  # 0: all devices the batch splits over (dmljax.parallel).
     mining="global",  # "global": sample on the whole batch; "local": shard.
   )
-
-  # big_vision's "runlocal": 4 steps of a tiny net through the whole
-  # pipeline (evaluations, checkpoints, figures), under a minute on a CPU;
-  # imports, compiling and the end-of-run figures take most of it, not the
-  # steps.
   if smoke:
-    c.data.batch_size = 20
-    c.model.backbone_kwargs = {"widths": (8, 16), "features": 32}
-    c.model.embedding_dim = 16
-    c.train.num_steps = 4
-    c.train.log_every = 1
-    c.train.eval_every = 2
-    c.optim.warmup_steps = 1
-    c.eval.max_classes = 20
-    c.eval.kmeans_iters = 5
-    c.ckpt.every = 2
-    c.dsp.pool_classes = 4
-    c.dsp.pool_images_per_class = 5
-    c.dsp.tuples_per_minibatch = 4
-    c.dsp.features = 8
-    if d["resize_size"]:  # A benchmark: tiny images, the small CPU net.
-      c.model.name = "small"
-      c.data.image_size = 32
-      c.data.resize_size = 36
-      c.data.num_workers = 0
-      c.data.check_counts = False
-      c.eval.ks = d["ks"][:2]
-      c.eval.batch_size = 16
+    _shrink_for_smoke(c, d)
   return c
 
 

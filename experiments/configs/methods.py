@@ -45,11 +45,13 @@ METHODS = {
     {"loss.margin": 1.0, "sampler.lower_bound": 0.5},
   ),
   "contrastive_dw": ("distance_weighted", "contrastive", {"loss.margin": 1.0}),
-  # DE-DSP (Duan et al. 2019) and the baselines it is compared with, all
+  # DE-DSP (Duan et al. 2019; its loss decides the tuples the sampler
+  # network draws: triplets or N-pair pairs) and the baselines it is
+  # compared with, all
   # with the paper's eq. 2 triplet loss [D²_ap − D²_an + α]₊ (squared ℓ2;
   # --config.loss.name=triplet_l2 for the unsquared one).
-  "dsp_triplet": ("dsp", "triplet_l2sq", {"dsp.kind": "triplet"}),
-  "dsp_npair": ("dsp", "npair", {"dsp.kind": "npair"}),
+  "dsp_triplet": ("dsp", "triplet_l2sq", {}),
+  "dsp_npair": ("dsp", "npair", {}),
   "triplet_random": ("random", "triplet_l2sq", {}),
   "triplet_semihard": ("semihard", "triplet_l2sq", {}),
   "npair": ("random", "npair", {}),
