@@ -19,6 +19,8 @@ protocol follows the split (`dmljax.data.FileSplit`):
   threshold chosen on the other nine (`verification_accuracy`).
 """
 
+import dataclasses
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -28,6 +30,30 @@ from jax.sharding import PartitionSpec
 from dmljax import data as data_lib
 from dmljax import metrics as metrics_lib
 from dmljax import parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  """How a split is evaluated (a run's eval section, translated by train.py).
+
+  Attributes:
+    ks: the k of Recall@k.
+    batch_size: images embedded per batch.
+    block_size: the edge of a distance tile (Recall@k, MAP@R, k-means).
+    kmeans_iters: Lloyd iterations of the NMI / F1 clustering.
+    num_folds: LFW verification folds.
+    num_workers: grain processes decoding the test images.
+    seed: k-means seeding.
+  """
+
+  ks: tuple[int, ...] = (1, 2, 4, 8)
+  batch_size: int = 500
+  block_size: int = 1024
+  kmeans_iters: int = 50
+  num_folds: int = 10
+  num_workers: int = 0
+  seed: int = 0
+
 
 # Recall@k's tiles spread over a run's accelerators. Host CPU devices share
 # the same cores, where splitting only adds collectives (60k × 128: 8.1 s on
@@ -192,7 +218,13 @@ def query_gallery_recall(
 
 
 def evaluate(
-  embed_fn, state, split, config, *, devices=None, clustering: bool = True
+  embed_fn,
+  state,
+  split,
+  options: EvalOptions,
+  *,
+  devices=None,
+  clustering: bool = True,
 ) -> dict[str, float]:
   """The split's protocol (module docstring) on its embeddings.
 
@@ -201,25 +233,31 @@ def evaluate(
   (False: Recall@k and MAP@R only, the cheap evaluation during training).
   """
   metrics, _ = evaluate_embeddings(
-    embed_fn, state, split, config, devices=devices, clustering=clustering
+    embed_fn, state, split, options, devices=devices, clustering=clustering
   )
   return metrics
 
 
 def evaluate_embeddings(
-  embed_fn, state, split, config, *, devices=None, clustering: bool = True
+  embed_fn,
+  state,
+  split,
+  options: EvalOptions,
+  *,
+  devices=None,
+  clustering: bool = True,
 ) -> tuple[dict[str, float], np.ndarray]:
   """`evaluate`'s metrics and the float32 [N, D] embeddings they came from."""
   embeddings = embed_split(
     embed_fn,
     state,
     split,
-    batch_size=config.eval.batch_size,
-    num_workers=config.data.num_workers,
+    batch_size=options.batch_size,
+    num_workers=options.num_workers,
     devices=devices,
   )
   metrics = protocol_metrics(
-    embeddings, split, config, clustering=clustering, devices=devices
+    embeddings, split, options, clustering=clustering, devices=devices
   )
   return metrics, embeddings
 
@@ -227,7 +265,7 @@ def evaluate_embeddings(
 def protocol_metrics(
   embeddings: np.ndarray,
   split,
-  config,
+  options: EvalOptions,
   *,
   clustering: bool = True,
   devices=None,
@@ -244,7 +282,7 @@ def protocol_metrics(
     first, second = embeddings[split.pairs[:, 0]], embeddings[split.pairs[:, 1]]
     distances = np.linalg.norm(first - second, axis=1)
     result = metrics_lib.verification_accuracy(
-      distances, split.is_same, num_folds=config.eval.num_folds
+      distances, split.is_same, num_folds=options.num_folds
     )
     return {"accuracy": float(result["accuracy"]), "std": float(result["std"])}
   if split.protocol == data_lib.QUERY_GALLERY:  # In-Shop.
@@ -253,8 +291,8 @@ def protocol_metrics(
       labels[split.query],
       embeddings[~split.query],
       labels[~split.query],
-      tuple(config.eval.ks),
-      block_size=config.eval.block_size,
+      tuple(options.ks),
+      block_size=options.block_size,
     )
     return {f"recall@{k}": v for k, v in recalls.items()}
   mesh = parallel.local_mesh(devices)
@@ -263,22 +301,22 @@ def protocol_metrics(
   recalls = metrics_lib.recall_at_k(
     embeddings,
     labels,
-    tuple(config.eval.ks),
-    block_size=config.eval.block_size,
+    tuple(options.ks),
+    block_size=options.block_size,
     mesh=mesh if spread else None,
   )
   result = {f"recall@{k}": float(v) for k, v in recalls.items()}
   result["map@r"] = float(
-    metrics_lib.map_at_r(embeddings, labels, block_size=config.eval.block_size)
+    metrics_lib.map_at_r(embeddings, labels, block_size=options.block_size)
   )
   if not clustering:
     return result
   clusters = metrics_lib.clustering_metrics(
-    jax.random.key(config.seed),
+    jax.random.key(options.seed),
     embeddings,
     labels,
-    num_iters=config.eval.kmeans_iters,
-    block_size=config.eval.block_size,
+    num_iters=options.kmeans_iters,
+    block_size=options.block_size,
   )
   result.update({name: float(v) for name, v in clusters.items()})
   return result

@@ -41,20 +41,17 @@ from dmljax.data import images as images_lib
 
 FORMAT = "dmljax.embeddings/2"
 LEGACY_FORMAT = "dmljax.embeddings/1"  # FILE.json, weights in the workdir.
-CONFIG_FILE = rundir.IDENTITY_FILE
 SUFFIXES = (".npz", ".npy")
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of the run in `workdir` (config.json, else summary.json)."""
-  for name, key in ((CONFIG_FILE, None), ("summary.json", "config")):
-    path = os.path.join(workdir, name)
-    if os.path.isfile(path):
-      with open(path) as f:
-        config = json.load(f)
-      return ml_collections.ConfigDict(config if key is None else config[key])
+  recorded = rundir.recorded_config(workdir)
+  if recorded is not None:
+    return ml_collections.ConfigDict(recorded)
   raise ValueError(
-    f"{workdir} holds no {CONFIG_FILE} or summary.json: it is not the "
+    f"{workdir} holds no {rundir.IDENTITY_FILE} or {rundir.SUMMARY_FILE}: "
+    "it is not the "
     "--workdir of a training run (python -m experiments.folder ... "
     "--workdir=RUN writes both)."
   )
@@ -87,7 +84,7 @@ def load_model(workdir: str, step: int | None = None):
     checkpoint's step and the run's config.
   """
   config = read_run_config(workdir)
-  directory = os.path.join(workdir, "checkpoints")
+  directory = rundir.checkpoints_folder(workdir)
   try:
     state = checkpoint_lib.read_state(directory, step)
   except FileNotFoundError as error:

@@ -20,9 +20,6 @@ import tqdm
 from dmljax import rundir
 from dmljax import tensorboard
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-
 
 class MetricsLog:
   """Appends metrics to `<workdir>/metrics.jsonl`.
@@ -41,12 +38,14 @@ class MetricsLog:
     self.enabled = enabled
     # The optional TensorBoard mirror (a no-op without tensorboardX).
     self.events = tensorboard.EventWriter(
-      workdir, resume_step=resume_step, enabled=enabled
+      os.path.join(workdir, rundir.TENSORBOARD_FOLDER),
+      resume_step=resume_step,
+      enabled=enabled,
     )
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = os.path.join(workdir, rundir.METRICS_FILE)
     kept = [
       record
       for record in read_metrics(workdir)
@@ -72,7 +71,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   Raises:
     ValueError: a line other than the last is not a JSON record.
   """
-  path = os.path.join(workdir, METRICS_FILE)
+  path = os.path.join(workdir, rundir.METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path, errors="replace") as f:
@@ -129,8 +128,8 @@ def plot_curves(workdir: str) -> list[str]:
   records = read_metrics(workdir)
   paths = []
   for name, draw in (
-    ("training.png", curves.training_figure),
-    ("eval.png", curves.evaluation_figure),
+    (rundir.CURVE_FIGURES[0], curves.training_figure),
+    (rundir.CURVE_FIGURES[1], curves.evaluation_figure),
   ):
     path = os.path.join(workdir, name)
     if draw(records, path):
@@ -168,9 +167,7 @@ def plot_embedding(
 
   names = np.asarray(split.class_names, dtype=object)
   labels = names[np.asarray(split.labels)]
-  paths = [
-    os.path.join(workdir, name) for name in ("retrieval.png", "tsne.png")
-  ]
+  paths = [os.path.join(workdir, name) for name in rundir.EMBEDDING_FIGURES]
   retrieval.split_retrieval_figure(
     _DisplayImages(split), labels, embeddings, paths[0], seed=seed
   )
@@ -232,15 +229,15 @@ def finish(
   starts = rundir.read_starts(workdir)
   if starts:  # Every start of the run, and what each one changed.
     summary["starts"] = starts
-  temporary = os.path.join(workdir, SUMMARY_FILE + ".tmp")
+  temporary = os.path.join(workdir, rundir.SUMMARY_FILE + ".tmp")
   with open(temporary, "w") as f:
     json.dump(summary, f, indent=2, default=str)
-  os.replace(temporary, os.path.join(workdir, SUMMARY_FILE))
+  os.replace(temporary, os.path.join(workdir, rundir.SUMMARY_FILE))
   plots = plot_curves(workdir)
   if split is not None and embeddings is not None:
     plots += plot_embedding(workdir, split, embeddings, seed=config.seed)
     if log is not None:
-      retrieval_png = os.path.join(workdir, "retrieval.png")
+      retrieval_png = os.path.join(workdir, rundir.EMBEDDING_FIGURES[0])
       _finish_events(log, config, final, split, embeddings, retrieval_png)
   print(f"\nHeld-out classes of {config.data.name}:")
   print(summary_table(final))

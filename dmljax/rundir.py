@@ -57,8 +57,23 @@ from dmljax import checkpoint as checkpoint_lib
 from dmljax import config_checks
 from dmljax import runlock
 
+# The run directory's layout: every file and folder a run writes, named here
+# once (train, reporting, export, tensorboard and the tests read these).
 IDENTITY_FILE = "config.json"
 STARTS_FILE = "starts.jsonl"
+LOCK_FILE = runlock.LOCK_FILE
+METRICS_FILE = "metrics.jsonl"  # One JSON line per log / evaluation.
+SUMMARY_FILE = "summary.json"  # The config and the final metrics.
+CHECKPOINTS_FOLDER = "checkpoints"  # Orbax steps + the data iterator.
+TENSORBOARD_FOLDER = "tensorboard"  # Optional (tensorboardX).
+CURVE_FIGURES = ("training.png", "eval.png")  # From metrics.jsonl.
+EMBEDDING_FIGURES = ("retrieval.png", "tsne.png")  # From the test embeddings.
+
+
+def checkpoints_folder(workdir: str) -> str:
+  return os.path.join(workdir, CHECKPOINTS_FOLDER)
+
+
 FREE_FIELDS = (
   "train.log_every",
   "train.eval_every",
@@ -160,7 +175,7 @@ def _describe(name: str, old: Any, new: Any) -> str:
 
 def recorded_config(workdir: str) -> dict[str, Any] | None:
   """The config of the run in `workdir` (config.json, else summary.json)."""
-  for name, key in ((IDENTITY_FILE, None), ("summary.json", "config")):
+  for name, key in ((IDENTITY_FILE, None), (SUMMARY_FILE, "config")):
     path = os.path.join(workdir, name)
     if os.path.isfile(path):
       try:
@@ -182,7 +197,7 @@ def check_resume(
 
   Reads only. Raises `RunDirError` for a change the rule refuses.
   """
-  steps = checkpoint_lib.saved_steps(os.path.join(workdir, "checkpoints"))
+  steps = checkpoint_lib.saved_steps(checkpoints_folder(workdir))
   if not steps:
     return 0, {}
   step, recorded = steps[-1], recorded_config(workdir)

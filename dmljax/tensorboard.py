@@ -16,12 +16,10 @@ every function here does nothing.
 """
 
 import importlib.util
-import os
 from typing import Any
 
 import numpy as np
 
-EVENTS_FOLDER = "tensorboard"
 MAX_PROJECTED = 1000  # Embeddings in the projector (with thumbnails).
 
 
@@ -34,19 +32,20 @@ class EventWriter:
   """Scalars and end-of-run summaries for TensorBoard, or nothing.
 
   Args:
-    workdir: the run directory; events go to `<workdir>/tensorboard`.
+    folder: where the event files go (a run's `<workdir>/tensorboard`,
+      `dmljax.rundir.TENSORBOARD_FOLDER`).
     resume_step: the step the run resumes from (later events are purged).
     enabled: False (or no tensorboardX) makes a writer that does nothing.
   """
 
-  def __init__(self, workdir: str, *, resume_step: int = 0, enabled=True):
+  def __init__(self, folder: str, *, resume_step: int = 0, enabled=True):
     self.writer = None
     if not (enabled and available()):
       return
     import tensorboardX  # pylint: disable=import-outside-toplevel
 
     self.writer = tensorboardX.SummaryWriter(
-      os.path.join(workdir, EVENTS_FOLDER),
+      folder,
       purge_step=resume_step + 1 if resume_step else None,
       flush_secs=30,
     )

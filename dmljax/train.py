@@ -25,7 +25,6 @@ rerun job ends with the same numbers as an uninterrupted one), evaluates on
 the held-out classes, and leaves metrics, plots and checkpoints behind.
 """
 
-import os
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -189,7 +188,7 @@ def _train_and_evaluate(config, workdir):
   primary = jax.process_index() == 0
   train_split, test_split = data_lib.load_splits(config)
   checkpointer = checkpoint_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.max_to_keep
+    rundir.checkpoints_folder(workdir), max_to_keep=config.ckpt.max_to_keep
   )
   recipe = recipes.build(config, train_split.image_shape)
   tx = make_optimizer(config)
@@ -266,13 +265,22 @@ def _check_finite(state, checkpointer) -> None:
 def _evaluator(config, model, test_split, checkpointer):
   """evaluate(state, step) → (metrics, float32 [N, D] test embeddings)."""
   embed_fn = evaluation.make_embed_fn(model)
+  options = evaluation.EvalOptions(
+    ks=tuple(config.eval.ks),
+    batch_size=config.eval.batch_size,
+    block_size=config.eval.block_size,
+    kmeans_iters=config.eval.kmeans_iters,
+    num_folds=config.eval.num_folds,
+    num_workers=config.data.num_workers,
+    seed=config.seed,
+  )
 
   def evaluate(state, step):
     final = step == config.train.num_steps
     clustering = final or config.eval.clustering_during_training
     try:
       return evaluation.evaluate_embeddings(
-        embed_fn, state, test_split, config, clustering=clustering
+        embed_fn, state, test_split, options, clustering=clustering
       )
     except FloatingPointError as error:  # Finite weights, but huge ones.
       raise divergence.nonfinite_evaluation(

@@ -82,6 +82,7 @@ def main(argv):
   # pylint: disable=import-outside-toplevel
   from dmljax import cpu_devices
   from dmljax import recipes
+  from dmljax import rundir
   from dmljax import train
 
   logging.set_verbosity(logging.WARNING)
@@ -97,9 +98,9 @@ def main(argv):
   for method, seed in runs:
     config = configs[method, seed]
     print(f"\n== {method}, seed {seed} ==", flush=True)
-    rundir = os.path.join(workdir, method, f"seed{seed}")
-    final = dict(train.train_and_evaluate(config, rundir))
-    with open(os.path.join(rundir, "summary.json")) as f:
+    run_dir = os.path.join(workdir, method, f"seed{seed}")
+    final = dict(train.train_and_evaluate(config, run_dir))
+    with open(os.path.join(run_dir, rundir.SUMMARY_FILE)) as f:
       final.update(json.load(f).get("beta", {}))
     results.setdefault(method, []).append(final)
   table = markdown_table(results)

@@ -278,17 +278,17 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capsys):
   log = reporting.MetricsLog(str(tmp_path))
   log.write(1, "train", {"loss": 1.0})
   log.write(2, "train", {"loss": 0.5})
-  with open(tmp_path / reporting.METRICS_FILE, "a") as f:
+  with open(tmp_path / rundir.METRICS_FILE, "a") as f:
     f.write('{"step": 3, "kind": "tr')  # A crash in the middle of a write.
   assert [r["step"] for r in reporting.read_metrics(str(tmp_path))] == [1, 2]
   assert "torn last line 3" in capsys.readouterr().err
   reporting.MetricsLog(str(tmp_path), resume_step=2)  # The resume rewrites.
-  text = (tmp_path / reporting.METRICS_FILE).read_text()
+  text = (tmp_path / rundir.METRICS_FILE).read_text()
   assert text.count("\n") == 2 and '"kind": "tr"' not in text
 
 
 def test_a_broken_metrics_line_before_the_last_is_named(tmp_path):
-  (tmp_path / reporting.METRICS_FILE).write_text(
+  (tmp_path / rundir.METRICS_FILE).write_text(
     '{"step": 1, "kind": "train"}\nnot json\n{"step": 2, "kind": "train"}\n'
   )
   with pytest.raises(ValueError, match="line 2, is not a metrics record"):

@@ -8,7 +8,6 @@ run is tests/test_parallel.py::test_two_processes_agree_with_one).
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -104,28 +103,18 @@ def test_a_process_without_batches_pads_its_share(network, split):
   assert np.all(indices == -1) and np.all(rows == 0.0)
 
 
-def _config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.data = ml_collections.ConfigDict({"num_workers": 0})
-  config.eval = ml_collections.ConfigDict(
-    {
-      "batch_size": 12,
-      "ks": (1, 2, 4),
-      "block_size": 16,
-      "kmeans_iters": 10,
-      "num_folds": 10,
-    }
+def _options():
+  return evaluation.EvalOptions(
+    batch_size=12, ks=(1, 2, 4), block_size=16, kmeans_iters=10
   )
-  return config
 
 
 def test_evaluate_on_eight_devices_equals_one(network, split):
   embed_fn, state, _, _ = network
   one = evaluation.evaluate(
-    embed_fn, state, split, _config(), devices=jax.local_devices()[:1]
+    embed_fn, state, split, _options(), devices=jax.local_devices()[:1]
   )
-  eight = evaluation.evaluate(embed_fn, state, split, _config())
+  eight = evaluation.evaluate(embed_fn, state, split, _options())
   assert jax.local_device_count() == 8
   assert one == eight
   assert set(one) >= {"recall@1", "recall@4", "map@r", "nmi"}
@@ -140,7 +129,7 @@ def test_recall_tiles_over_devices_equal_one(split, num_devices, monkeypatch):
   one = evaluation.protocol_metrics(
     embeddings,
     split,
-    _config(),
+    _options(),
     clustering=False,
     devices=jax.local_devices()[:1],
   )
@@ -156,7 +145,7 @@ def test_recall_tiles_over_devices_equal_one(split, num_devices, monkeypatch):
   got = evaluation.protocol_metrics(
     embeddings,
     split,
-    _config(),
+    _options(),
     clustering=False,
     devices=jax.local_devices()[:num_devices],
   )

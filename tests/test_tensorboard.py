@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from dmljax import reporting
+from dmljax import rundir
 from dmljax import tensorboard
 
 tensorboardX = pytest.importorskip("tensorboardX")
@@ -41,7 +42,7 @@ def test_metrics_log_mirrors_every_record_as_scalars(tmp_path):
   log.write(20, "train", {"loss": 0.25, "beta_median": 1.1})
   log.write(20, "eval", {"recall@1": 0.75})
   log.events.writer.close()  # Joins the writer's thread.
-  scalars = read_scalars(str(tmp_path / tensorboard.EVENTS_FOLDER))
+  scalars = read_scalars(str(tmp_path / rundir.TENSORBOARD_FOLDER))
   assert scalars["train/loss"] == [(10, 0.5), (20, 0.25)]
   assert scalars["eval/recall_at_1"] == [(20, 0.75)]
   records = reporting.read_metrics(str(tmp_path))  # Still the truth.
@@ -51,7 +52,7 @@ def test_metrics_log_mirrors_every_record_as_scalars(tmp_path):
 def test_finish_writes_image_hparams_and_projector(tmp_path):
   png = tmp_path / "retrieval.png"
   Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(png)
-  writer = tensorboard.EventWriter(str(tmp_path))
+  writer = tensorboard.EventWriter(str(tmp_path / rundir.TENSORBOARD_FOLDER))
   rng = np.random.default_rng(0)
   writer.finish(
     5,
@@ -62,7 +63,7 @@ def test_finish_writes_image_hparams_and_projector(tmp_path):
     names=["a", "a", "b", "b", "c", "c"],
     thumbnails=rng.random((6, 8, 8, 1)).astype(np.float32),
   )
-  folder = tmp_path / tensorboard.EVENTS_FOLDER
+  folder = tmp_path / rundir.TENSORBOARD_FOLDER
   projector = glob.glob(
     str(folder / "**" / "projector_config.pbtxt"), recursive=True
   )
@@ -77,10 +78,12 @@ def test_finish_writes_image_hparams_and_projector(tmp_path):
 
 
 def test_a_disabled_writer_writes_nothing(tmp_path):
-  writer = tensorboard.EventWriter(str(tmp_path), enabled=False)
+  writer = tensorboard.EventWriter(
+    str(tmp_path / rundir.TENSORBOARD_FOLDER), enabled=False
+  )
   writer.scalars(1, "train", {"loss": 1.0})
   writer.finish(1, hparams={}, final={})
-  assert not os.path.exists(tmp_path / tensorboard.EVENTS_FOLDER)
+  assert not os.path.exists(tmp_path / rundir.TENSORBOARD_FOLDER)
 
 
 def test_projector_sample_is_seeded_sorted_and_capped():
