@@ -3,10 +3,10 @@
 `run(dataset=...)` rewrites `--config=NAME[:args]` into the config file
 `configs/methods.py:method=NAME,dataset=<dataset>[,args]` (ml_collections
 loads configs by path only), then trains and evaluates with
-`dmljax.train.train_and_evaluate`. Explicit `.py` paths pass through.
+`dmljax.runtime.train.train_and_evaluate`. Explicit `.py` paths pass through.
 
 On the CPU the host is split into one XLA device per core (up to two,
-`dmljax.cpu_devices`) when the run's batch splits over them, and JAX's
+`dmljax.runtime.cpu_devices`) when the run's batch splits over them, and JAX's
 persistent compilation cache is kept in ~/.cache/dmljax/jax.
 
 Before any work, the `--config.*` overrides are checked against the config
@@ -242,10 +242,10 @@ def run(*, dataset: str) -> None:
 
 def _train(config) -> None:
   """Starts JAX (devices, cache, multi-host), checks `config` and trains."""
-  from dmljax import cpu_devices  # pylint: disable=import-outside-toplevel
   from dmljax import parallel  # pylint: disable=import-outside-toplevel
-  from dmljax import recipes  # pylint: disable=import-outside-toplevel
-  from dmljax import train  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import cpu_devices  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import recipes  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import train  # pylint: disable=import-outside-toplevel
 
   single_process = not (
     _MULTIHOST.value
@@ -269,5 +269,5 @@ def _train(config) -> None:
   )
   logging.info("Config:\n%s", config)
   common.check_config(config)  # Every value, and unknown keys.
-  # Checks the workdir, then writes its config.json (dmljax.rundir).
+  # Checks the workdir, then writes its config.json (dmljax.runtime.rundir).
   train.train_and_evaluate(config, workdir)

@@ -58,7 +58,7 @@ def _verbose() -> bool:
 
 def fail(message: str) -> None:
   """Prints `error: message` to stderr and exits with status 2."""
-  reporting = sys.modules.get("dmljax.reporting")
+  reporting = sys.modules.get("dmljax.runtime.reporting")
   if reporting is not None:  # The message goes on a line of its own.
     reporting.close_progress_bars()
   print(f"error: {message}", file=sys.stderr)

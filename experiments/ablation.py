@@ -80,10 +80,10 @@ def run_config(method: str, seed: int):
 def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
-  from dmljax import cpu_devices
-  from dmljax import recipes
-  from dmljax import rundir
-  from dmljax import train
+  from dmljax.runtime import cpu_devices
+  from dmljax.runtime import recipes
+  from dmljax.runtime import rundir
+  from dmljax.runtime import train
 
   logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value or os.path.join("runs", "ablation", _DATASET.value)

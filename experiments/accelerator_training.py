@@ -23,10 +23,10 @@ from PIL import Image
 
 from dmljax import data
 from dmljax import parallel
-from dmljax import recipes
-from dmljax import train
-from dmljax.recipes import dsp as dsp_recipe
-from dmljax.recipes import pk_methods
+from dmljax.runtime import recipes
+from dmljax.runtime import train
+from dmljax.runtime.recipes import dsp as dsp_recipe
+from dmljax.runtime.recipes import pk_methods
 from experiments.configs import methods as configs
 
 # Train split sizes for β's tables (per-class β): SOP (Song et al.) and

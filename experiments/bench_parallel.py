@@ -36,9 +36,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from dmljax import parallel  # noqa: E402
-from dmljax import recipes  # noqa: E402
-from dmljax import train  # noqa: E402
-from dmljax.recipes import pk_methods  # noqa: E402
+from dmljax.runtime import recipes  # noqa: E402
+from dmljax.runtime import train  # noqa: E402
+from dmljax.runtime.recipes import pk_methods  # noqa: E402
 from experiments.configs import methods  # noqa: E402
 
 _METHOD = flags.DEFINE_string("method", "margin_dw", "A config name.")

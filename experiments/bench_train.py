@@ -40,12 +40,12 @@ from absl import app
 from absl import flags
 
 import dmljax
-from dmljax import cpu_devices
 from dmljax import data as data_lib
 from dmljax import parallel
-from dmljax import recipes
-from dmljax import train
-from dmljax.recipes import pk_methods
+from dmljax.runtime import cpu_devices
+from dmljax.runtime import recipes
+from dmljax.runtime import train
+from dmljax.runtime.recipes import pk_methods
 from experiments import torch_twin
 from experiments.configs import methods
 
@@ -287,7 +287,7 @@ def load_peer():
 def bench_dataset(dataset: str) -> dict:
   """One dataset's cells, in this process (JAX not yet started)."""
   config = methods.get_config(f"method={_METHOD.value},dataset={dataset}")
-  # As the drivers do, before JAX starts (see dmljax.cpu_devices).
+  # As the drivers do, before JAX starts (see dmljax.runtime.cpu_devices).
   cpu_devices.configure(lambda count: recipes.uses_devices(config, count))
   peer = load_peer()
   train_split, _ = data_lib.load_splits(config)

@@ -8,7 +8,7 @@ Writes embeddings.npz ("embeddings" float32 [N, D], "paths", "labels") or
 a .npy, plus embeddings.npz.json: the model, the checkpoint step, the
 workdir and the preprocessing, and embeddings.npz.weights.msgpack: the
 network itself, so the export outlives the run's later checkpoints
-(dmljax/export.py). --split=train/test embeds the part the run trained /
+(dmljax/runtime/export.py). --split=train/test embeds the part the run trained /
 was tested on (the run's data.split settings); "all" (default) every image,
 single-image classes included.
 
@@ -16,7 +16,8 @@ single-image classes included.
 network as a `jax.export` function (images → L2-normalised embeddings,
 weights baked in, any batch size) that runs with JAX alone, and
 DIR/preprocess.json, what an image must go through first
-(dmljax/serving.py). --out and --export_model are checked before any work.
+(dmljax/runtime/serving.py). --out and --export_model are checked before
+any work.
 """
 
 import os
@@ -48,7 +49,7 @@ _EXPORT_MODEL = flags.DEFINE_string(
 
 def _check_flags(export) -> None:
   """Every flag checked before any work."""
-  from dmljax import serving  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import serving  # pylint: disable=import-outside-toplevel
 
   if not (_OUT.value or _EXPORT_MODEL.value):
     raise ValueError(
@@ -79,8 +80,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)  # Orbax logs every file it reads.
-  from dmljax import export  # pylint: disable=import-outside-toplevel
-  from dmljax import serving  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import export  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import serving  # pylint: disable=import-outside-toplevel
 
   start = time.time()
   _check_flags(export)
@@ -104,6 +105,7 @@ def main(argv):
 def _embed_files(export, model, variables, step, config, start) -> None:
   """Embeds --data_dir and writes --out."""
   from dmljax.data import folder  # pylint: disable=import-outside-toplevel
+  from dmljax.data import from_config  # pylint: disable=import-outside-toplevel
 
   listing = folder.read_listing(_DATA_DIR.value)
   keep = list(range(len(listing)))
@@ -117,7 +119,7 @@ def _embed_files(export, model, variables, step, config, start) -> None:
       test_classes=tuple(filter(None, config.data.test_classes.split(","))),
     )
     keep = [i for i in keep if mask[i]]
-  preprocess = export.preprocess_of(config.data)
+  preprocess = from_config.preprocess_of(config.data, training=False)
   paths = [listing.paths[i] for i in keep]
   embeddings = export.embed_images(
     model, variables, paths, preprocess, batch_size=_BATCH_SIZE.value

@@ -7,14 +7,14 @@
 Embeds the query with the network and preprocessing the export recorded
 (embeddings.npz.json, and the weights saved beside it) and ranks the
 exported images by Euclidean distance with an exact top-k
-(dmljax.index.Gallery). --gallery keeps the gallery on disk: built from
+(dmljax.runtime.index.Gallery). --gallery keeps the gallery on disk: built from
 --embeddings on first use, loaded afterwards (--embeddings may then be left
 out: the gallery names its export). A query that is itself one of the
 gallery's images is left out of its own results unless --include_self; its
 label is then known, and each neighbour is marked right (✓) or wrong (✗).
 --sheet draws each query then its neighbours, framed green (right) or red
-(wrong) when labels are known (dmljax.plots.retrieval). The query images,
---sheet and the gallery are checked before the model loads.
+(wrong) when labels are known (dmljax.runtime.plots.retrieval). The query
+images, --sheet and the gallery are checked before the model loads.
 """
 
 import os
@@ -137,9 +137,10 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)  # Orbax logs every file it reads.
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from dmljax import export  # pylint: disable=import-outside-toplevel
-  from dmljax import index  # pylint: disable=import-outside-toplevel
-  from dmljax.plots import retrieval  # pylint: disable=import-outside-toplevel
+  from dmljax.data import from_config  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import export  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import index  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime.plots import retrieval  # pylint: disable=import-outside-toplevel
 
   if _K.value < 1:
     raise ValueError(f"--k must be ≥ 1, got {_K.value}.")
@@ -151,7 +152,10 @@ def main(argv):
   meta = export.read_description(export_path)
   model, variables, config = export.load_export_model(export_path, meta)
   embeddings = export.embed_images(
-    model, variables, queries, export.preprocess_of(config.data)
+    model,
+    variables,
+    queries,
+    from_config.preprocess_of(config.data, training=False),
   )
   found = _own_rows(gallery.paths, queries)
   exclude = np.full((len(queries), max(map(len, found)) or 1), -1)

@@ -179,7 +179,7 @@ def _first_beta_update(config, x, labels):
   """The β update of one optimiser step on the margin loss of a known batch
   (hard negatives: the tuples are deterministic)."""
   from dmljax import methods  # pylint: disable=import-outside-toplevel
-  from dmljax import train  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import train  # pylint: disable=import-outside-toplevel
 
   method = methods.make_method(
     sampler="hard", loss="margin", images_per_class=4

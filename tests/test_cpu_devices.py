@@ -2,8 +2,8 @@
 
 import pytest
 
-from dmljax import cpu_devices
-from dmljax import recipes
+from dmljax.runtime import cpu_devices
+from dmljax.runtime import recipes
 from experiments.configs import methods
 
 _FLAG = "--xla_force_host_platform_device_count"

@@ -5,10 +5,10 @@ import os
 import jax.numpy as jnp
 import pytest
 
-from dmljax import checkpoint as checkpoint_lib
-from dmljax import divergence
-from dmljax import train
-from dmljax.recipes import pk_methods
+from dmljax.runtime import checkpoint as checkpoint_lib
+from dmljax.runtime import divergence
+from dmljax.runtime import train
+from dmljax.runtime.recipes import pk_methods
 from experiments.configs import methods
 
 _HEALTHY = {

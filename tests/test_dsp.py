@@ -20,7 +20,7 @@ from dmljax.dsp import objective
 from dmljax.dsp import policy
 from dmljax.dsp import reinforce
 from dmljax.dsp import selection
-from dmljax.recipes import dsp as dsp_recipe
+from dmljax.runtime.recipes import dsp as dsp_recipe
 from experiments.configs import methods
 
 # A toy policy: softmax over 3 arms with logits θ, fixed reward per arm.
@@ -365,7 +365,7 @@ def test_dsp_configs_train_and_resume_to_the_same_metrics(name, tmp_path):
   import os  # noqa: PLC0415
   import shutil  # noqa: PLC0415
 
-  from dmljax import train  # noqa: PLC0415
+  from dmljax.runtime import train  # noqa: PLC0415
 
   config = methods.get_config(f"method={name},dataset=digits,smoke")
   config.ckpt.max_to_keep = 3

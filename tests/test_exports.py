@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from test_folder import _make_folder
 
-from dmljax import checkpoint as checkpoint_lib
-from dmljax import export
 from dmljax import models
-from dmljax import recipes
+from dmljax.runtime import checkpoint as checkpoint_lib
+from dmljax.runtime import export
+from dmljax.runtime import recipes
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

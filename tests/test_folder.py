@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmljax import export
 from dmljax.data import folder
 from dmljax.data import images as images_lib
 from dmljax.data import pk
+from dmljax.runtime import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PRE = images_lib.Preprocess(resize=20, crop=16, standardize=False)

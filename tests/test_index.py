@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from dmljax import index
+from dmljax.runtime import index
 
 
 def _unit(rng, count, dim):

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from dmljax import optim
-from dmljax import train
+from dmljax.runtime import train
 from experiments.configs import methods
 
 

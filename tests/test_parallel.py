@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dmljax import checkpoint as checkpoint_lib
 from dmljax import data as data_lib
 from dmljax import parallel
-from dmljax import recipes
-from dmljax import train
-from dmljax.recipes import pk_methods
+from dmljax.runtime import checkpoint as checkpoint_lib
+from dmljax.runtime import recipes
+from dmljax.runtime import train
+from dmljax.runtime.recipes import pk_methods
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

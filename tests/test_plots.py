@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmljax.plots import retrieval
-from dmljax.plots import tsne
+from dmljax.runtime.plots import retrieval
+from dmljax.runtime.plots import tsne
 
 
 def _blueish(rng, side=12):

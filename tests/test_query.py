@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 from test_folder import _make_folder
 
-from dmljax import export
 from dmljax import models
-from dmljax import recipes
 from dmljax.data import folder
+from dmljax.data import from_config
+from dmljax.runtime import export
+from dmljax.runtime import recipes
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +36,10 @@ def exported(tmp_path_factory):
   model = recipes.make_model(config)
   variables = models.init_embedder(model, jax.random.key(0), (1, 32, 32, 3))
   embeddings = export.embed_images(
-    model, variables, listing.paths, export.preprocess_of(config.data)
+    model,
+    variables,
+    listing.paths,
+    from_config.preprocess_of(config.data, training=False),
   )
   out = str(root / "emb.npz")
   export.write_embeddings(

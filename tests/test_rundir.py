@@ -14,12 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from dmljax import checkpoint as checkpoint_lib
-from dmljax import export
-from dmljax import reporting
-from dmljax import rundir
-from dmljax import runlock
-from dmljax import train
+from dmljax.runtime import checkpoint as checkpoint_lib
+from dmljax.runtime import export
+from dmljax.runtime import reporting
+from dmljax.runtime import rundir
+from dmljax.runtime import runlock
+from dmljax.runtime import train
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,7 +210,8 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
 def test_the_lock_is_held_during_the_run_and_released_after(tmp_path):
   workdir = str(tmp_path / "run")
   second = (
-    "import sys; from dmljax import runlock; runlock.acquire_lock(sys.argv[1])"
+    "import sys; from dmljax.runtime import runlock; "
+    "runlock.acquire_lock(sys.argv[1])"
   )
   with rundir.claim(workdir, _config()):
     holder = json.load(open(os.path.join(workdir, runlock.LOCK_FILE)))

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from dmljax import train
+from dmljax.runtime import train
 from experiments.configs import methods
 
 REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "data", "same_numbers")

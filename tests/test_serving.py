@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmljax import checkpoint as checkpoint_lib
-from dmljax import export
 from dmljax import models
-from dmljax import recipes
-from dmljax import serving
 from dmljax.data import augment
 from dmljax.data import embedded
+from dmljax.data import from_config
+from dmljax.runtime import checkpoint as checkpoint_lib
+from dmljax.runtime import export
+from dmljax.runtime import recipes
+from dmljax.runtime import serving
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,7 +126,11 @@ def test_a_jax_only_client_embeds_as_dmljax_does(tmp_path):
   served = np.load(tmp_path / "served.npy")
   model, variables, step, config = export.load_model(workdir)
   want = export.embed_images(
-    model, variables, paths, export.preprocess_of(config.data), batch_size=4
+    model,
+    variables,
+    paths,
+    from_config.preprocess_of(config.data, training=False),
+    batch_size=4,
   )
   np.testing.assert_allclose(served, want, atol=1e-5)
   assert step == 3 and served.shape == (5, config.model.embedding_dim)
@@ -141,7 +146,9 @@ def test_preprocess_json_describes_the_input_and_output(tmp_path):
   serving.export_run_embedder(workdir, out_dir)
   with open(os.path.join(out_dir, serving.PREPROCESS_FILE)) as f:
     description = json.load(f)
-  recipe = export.preprocess_record(export.preprocess_of(config.data))
+  recipe = export.preprocess_record(
+    from_config.preprocess_of(config.data, training=False)
+  )
   assert {k: description["preprocess"][k] for k in recipe} == recipe
   assert description["step"] == 7
   assert description["input"]["shape"] == ["B", 32, 32, 3]

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from dmljax import data
-from dmljax import evaluation
 from dmljax import metrics
 from dmljax import models
+from dmljax.runtime import evaluation
 
 NUM_IMAGES, NUM_CLASSES = 53, 11  # Not a multiple of any batch below.
 

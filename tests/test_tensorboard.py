@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmljax import reporting
-from dmljax import rundir
-from dmljax import tensorboard
+from dmljax.runtime import reporting
+from dmljax.runtime import rundir
+from dmljax.runtime import tensorboard
 
 tensorboardX = pytest.importorskip("tensorboardX")
 

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dmljax import recipes
-from dmljax import reporting
-from dmljax import train
-from dmljax.recipes import pk_methods
+from dmljax.runtime import recipes
+from dmljax.runtime import reporting
+from dmljax.runtime import train
+from dmljax.runtime.recipes import pk_methods
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,10 +13,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dmljax import config_checks
-from dmljax import export
-from dmljax import rundir
-from dmljax import train
+from dmljax.runtime import config_checks
+from dmljax.runtime import export
+from dmljax.runtime import rundir
+from dmljax.runtime import train
 from experiments import _errors
 from experiments.configs import common
 from experiments.configs import methods

@@ -99,10 +99,7 @@ def load(data_dir, split, *, preprocess, check_counts, cropped):
   relative, classes, boxes, class_names = parse_annotations(
     os.path.join(data_dir, ANNOTATIONS)
   )
-  wanted = files.split_classes(NUM_CLASSES, split)
-  keep = (classes - 1 >= wanted.start) & (classes - 1 < wanted.stop)
-  present, labels = np.unique(classes[keep], return_inverse=True)
-  labels = labels.astype(np.int32)
+  keep, present, labels = files.class_half(classes, NUM_CLASSES, split)
   if check_counts:
     found = {"images": int(keep.sum()), "classes": len(np.unique(labels))}
     files.check_counts(dataset, found, OFFICIAL[split], source=SOURCE)

@@ -253,3 +253,24 @@ def split_classes(num_classes: int, split: str) -> range:
   if split == "test":
     return range(first_test, num_classes)
   raise ValueError(f"Unknown split {split!r}; valid splits: train, test.")
+
+
+def class_half(
+  classes: np.ndarray, num_classes: int, split: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The images of `split`'s half of the classes (`split_classes`).
+
+  Args:
+    classes: [N] 1-based official class ids of every image.
+    num_classes: C of the dataset.
+    split: "train" or "test".
+
+  Returns:
+    (keep [N] bool: the images of the half, present: the half's official
+    class ids in order, labels: int32 0..C'-1 of the kept images).
+  """
+  wanted = split_classes(num_classes, split)
+  keep = (classes - 1 >= wanted.start) & (classes - 1 < wanted.stop)
+  present, labels = np.unique(classes[keep], return_inverse=True)
+  return keep, present, labels.astype(np.int32)
+

@@ -27,7 +27,7 @@ Small classes (the rule): a class needs 2 images in a split to give a
 positive pair; a class with 1 image there is left out of that split and the
 number left out is logged (a warning, `logging`). A class with 2..K−1 images
 is kept and sampled with replacement in its P×K batches (`pk.pk_batches`).
-Export (`dmljax.export`) embeds every image, singletons included.
+Export (`dmljax.runtime.export`) embeds every image, singletons included.
 """
 
 import csv

@@ -17,14 +17,19 @@ from dmljax.data import images
 from dmljax.data import readers
 
 
-def _preprocess(config) -> images.Preprocess:
-  """The image preprocessing of `config.data` (file-backed datasets)."""
+def preprocess_of(data, *, training: bool = True) -> images.Preprocess:
+  """The image preprocessing of a config's data section (file-backed data).
+
+  `training`: the run's augmentation (`data.flip`); False gives the
+  test-time preprocessing a run's exports and served model apply (never
+  mirrored).
+  """
   return images.Preprocess(
-    mode=config.data.resize_mode,
-    resize=config.data.resize_size,
-    crop=config.data.image_size,
-    flip=config.data.flip,
-    standardize=config.data.standardize,
+    mode=data.resize_mode,
+    resize=data.resize_size,
+    crop=data.image_size,
+    flip=data.flip and training,
+    standardize=data.standardize,
   )
 
 
@@ -49,7 +54,7 @@ def _load_file_split(config, split):
     config.data.name,
     split,
     data_dir=config.data.data_dir,
-    preprocess=_preprocess(config),
+    preprocess=preprocess_of(config.data),
     check_counts=config.data.check_counts,
     cropped=config.data.cropped,
   )
@@ -60,7 +65,7 @@ def _load_folder_split(config, split):
   return folder.load_split(
     config.data.data_dir,
     split,
-    preprocess=_preprocess(config),
+    preprocess=preprocess_of(config.data),
     how=config.data.split,
     test_fraction=config.data.test_fraction,
     seed=config.data.split_seed,

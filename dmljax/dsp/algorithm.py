@@ -24,7 +24,7 @@ eq. 9 within each mini-batch (its P probes against its own P gallery
 images), the batch loss the mean of the K mini-batch losses (weighted by
 their valid pairs; `objective.embedding_loss`).
 
-The state is the train state of `dmljax.train` plus "dsn" (the sampler's
+The state is the train state of `dmljax.runtime.train` plus "dsn" (the sampler's
 parameters), "dsn_opt" (its Optax state) and "dsn_pretrain_step" (how many
 pre-training steps the sampler has had). A step whose embedding loss or
 gradients are not finite leaves the whole state unchanged, as there.

@@ -424,9 +424,9 @@ def apply_overrides(config, overrides: list[str]) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming every bad value and unknown key of `config`.
 
-  `dmljax.config_checks.check_config` with this file's base config of the
-  same dataset as the list of known keys ("did you mean" for the others).
+  `dmljax.runtime.config_checks.check_config` with this file's base config
+  of the same dataset as the list of known keys ("did you mean" for the others).
   """
-  from dmljax import config_checks  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime import config_checks  # pylint: disable=import-outside-toplevel
 
   config_checks.check_config(config, schema=base_config(config.data.name))

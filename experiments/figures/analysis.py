@@ -16,8 +16,8 @@ import scipy.stats
 
 from dmljax import distances as distances_lib
 from dmljax import losses
-from dmljax import reporting
 from dmljax import samplers
+from dmljax.runtime import reporting
 from dmljax.samplers import Triplets
 from experiments import figures
 

@@ -10,7 +10,7 @@ green when its label equals the query's and red otherwise (grey when either
 label is unknown), captioned with its distance and label (✓ / ✗ when the
 labels are known). `retrieval_examples` picks a seeded set of queries from a
 split's embeddings and finds their neighbours among the other images of the
-split (`dmljax.index.Gallery`, the query itself excluded);
+split (`dmljax.runtime.index.Gallery`, the query itself excluded);
 `split_retrieval_figure` does both.
 
 Images may be grayscale ([H, W] or [H, W, 1]) or RGB ([H, W, 3]), uint8 or
@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.backends import backend_agg
 from matplotlib.figure import Figure
 
-from dmljax import index
+from dmljax.runtime import index
 
 QUERY_COLOR = "#2b83ba"
 RIGHT_COLOR = "#1a9641"

@@ -24,10 +24,10 @@ import ml_collections
 import optax
 
 from dmljax import data as data_lib
-from dmljax import reporting
 from dmljax.dsp import algorithm
 from dmljax.dsp import network as network_lib
-from dmljax.recipes import base
+from dmljax.runtime import reporting
+from dmljax.runtime.recipes import base
 
 # config.sampler.name of a DE-DSP run.
 SAMPLER_NAME = "dsp"

@@ -4,10 +4,11 @@ Shape letters: N images, D embedding dimensions, Q queries, k neighbours,
 S crop side.
 
 `experiments.embed` restores a run's network (`load_model`: the run's
-`<workdir>/config.json`, see `dmljax.rundir`, and the latest checkpoint read
-as NumPy), embeds every image of a folder or CSV (`embed_images`: decode as
-RGB, the run's test-time preprocessing, i.e. scale to R × R, centre S × S
-crop, standardise as trained) and writes them (`write_embeddings`):
+`<workdir>/config.json`, see `dmljax.runtime.rundir`, and the latest
+checkpoint read as NumPy), embeds every image of a folder or CSV
+(`embed_images`: decode as RGB, the run's test-time preprocessing, i.e. scale
+to R × R, centre S × S crop, standardise as trained) and writes them
+(`write_embeddings`):
 
   FILE.npz   "embeddings" float32 [N, D], "paths" str [N], "labels" str [N]
   FILE.npy   the embeddings alone (paths and labels then go in the JSON)
@@ -34,10 +35,10 @@ import ml_collections
 import numpy as np
 from flax import serialization
 
-from dmljax import checkpoint as checkpoint_lib
-from dmljax import recipes
-from dmljax import rundir
 from dmljax.data import images as images_lib
+from dmljax.runtime import checkpoint as checkpoint_lib
+from dmljax.runtime import recipes
+from dmljax.runtime import rundir
 
 FORMAT = "dmljax.embeddings/2"
 LEGACY_FORMAT = "dmljax.embeddings/1"  # FILE.json, weights in the workdir.
@@ -100,17 +101,6 @@ def load_model(workdir: str, step: int | None = None):
     "batch_stats": state["batch_stats"],
   }
   return _model(config), variables, int(state["step"]), config
-
-
-def preprocess_of(data: ml_collections.ConfigDict) -> images_lib.Preprocess:
-  """The test-time preprocessing of a run's `config.data` (no flip)."""
-  return images_lib.Preprocess(
-    mode=data.resize_mode,
-    resize=data.resize_size,
-    crop=data.image_size,
-    flip=False,
-    standardize=data.standardize,
-  )
 
 
 def preprocess_record(preprocess: images_lib.Preprocess) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from dmljax import rundir
-from dmljax import tensorboard
+from dmljax.runtime import rundir
+from dmljax.runtime import tensorboard
 
 
 class MetricsLog:
@@ -123,7 +123,7 @@ def close_progress_bars() -> None:
 
 def plot_curves(workdir: str) -> list[str]:
   """training.png (loss, D_ap / D_an / β, non-zero terms) and eval.png."""
-  from dmljax.plots import curves  # pylint: disable=import-outside-toplevel
+  from dmljax.runtime.plots import curves  # pylint: disable=import-outside-toplevel
 
   records = read_metrics(workdir)
   paths = []
@@ -162,8 +162,8 @@ def plot_embedding(
     seed: picks the queries and the t-SNE sample.
   """
   # pylint: disable=import-outside-toplevel
-  from dmljax.plots import retrieval
-  from dmljax.plots import tsne
+  from dmljax.runtime.plots import retrieval
+  from dmljax.runtime.plots import tsne
 
   names = np.asarray(split.class_names, dtype=object)
   labels = names[np.asarray(split.labels)]

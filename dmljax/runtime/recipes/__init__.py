@@ -9,11 +9,11 @@ DE-DSP's; every other sampler is a P × K method), never configured.
 
 import ml_collections
 
-from dmljax.recipes import dsp
-from dmljax.recipes import pk_methods
-from dmljax.recipes.base import Prepared
-from dmljax.recipes.base import Recipe
-from dmljax.recipes.base import make_model
+from dmljax.runtime.recipes import dsp
+from dmljax.runtime.recipes import pk_methods
+from dmljax.runtime.recipes.base import Prepared
+from dmljax.runtime.recipes.base import Recipe
+from dmljax.runtime.recipes.base import make_model
 
 RECIPES = {"pk": pk_methods, "dsp": dsp}
 
@@ -33,7 +33,7 @@ def build(config: ml_collections.ConfigDict, image_shape) -> Recipe:
 def uses_devices(config: ml_collections.ConfigDict, count: int) -> bool:
   """Whether a one-process run of `config` would use all `count` devices.
 
-  Needs no JAX backend, so `dmljax.cpu_devices.configure` can ask it
+  Needs no JAX backend, so `dmljax.runtime.cpu_devices.configure` can ask it
   before JAX starts.
   """
   return RECIPES[recipe_name(config)].uses_devices(config, count)

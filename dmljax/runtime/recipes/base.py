@@ -1,6 +1,6 @@
-"""What `dmljax.train.train_and_evaluate` needs from a way of training.
+"""What `dmljax.runtime.train.train_and_evaluate` needs from a way of training.
 
-A recipe is built from the config (`dmljax.recipes.build`) and says:
+A recipe is built from the config (`dmljax.runtime.recipes.build`) and says:
 
 - its embedding network (`model`) and how many devices it runs on;
 - what a step consumes: `batch_size` images, `images_per_class` of each

@@ -12,7 +12,7 @@ the crop side, C channels, D embedding dimensions.
                              `jax.export` for the CPU, CUDA and TPU backends;
   out_dir/preprocess.json    what a raw image must go through first (the
                              run's test-time preprocessing,
-                             `dmljax.export.preprocess_record`, plus the
+                             `dmljax.runtime.export.preprocess_record`, plus the
                              input shape and the crop's offset) and what
                              comes out.
 
@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmljax import export as export_lib
+from dmljax.data import from_config
+from dmljax.runtime import export as export_lib
 
 EMBEDDER_FILE = "embedder.jax"
 PREPROCESS_FILE = "preprocess.json"
@@ -99,7 +100,7 @@ def served_preprocess(data) -> dict[str, Any]:
   glyphs) takes grayscale S × S images as x / 255.
   """
   if data.resize_size:
-    preprocess = export_lib.preprocess_of(data)
+    preprocess = from_config.preprocess_of(data, training=False)
     record = export_lib.preprocess_record(preprocess)
     offset = (preprocess.resize - preprocess.crop) // 2
     record.update(

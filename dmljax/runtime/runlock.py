@@ -5,7 +5,7 @@ lock whose process is gone (same host, and no such pid, or the pid now
 belongs to a process started later) is stale: it is removed with a warning.
 A lock from another host cannot be checked from here; the message says
 which file to delete if that run is gone. In a multi-host run process 0
-holds the lock (`dmljax.rundir.claim`).
+holds the lock (`dmljax.runtime.rundir.claim`).
 
 The lock file holds {"pid", "host", "started", "process_start"} (the
 process's start time from /proc, which tells a reused pid). It is created

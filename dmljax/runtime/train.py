@@ -9,15 +9,15 @@ class):
    "opt": Optax state, "step": int32, "rng": PRNG key data,
    "nonfinite_step": int32 (−1 while every loss so far was finite)}
 
-How a step trains is a recipe (`dmljax.recipes`): a sampler + loss method
-on P × K batches (`recipes/pk_methods.py`: one jitted step embeds the
-batch, runs the method, applies one Optax update to the network (Adam) and
-β (SGD); data parallel over a device mesh, the sampler seeing the global
-batch or each device's slice, BatchNorm synchronised, the numbers
-independent of the device count) or DE-DSP (its own recipe). A step
-whose loss or gradients are not finite leaves the state unchanged and
-records its step number, so the last good state is never overwritten; the
-loop stops with an error naming that step.
+How a step trains is a recipe (`dmljax.runtime.recipes`): a sampler + loss
+method on P × K batches (`recipes/pk_methods.py`: one jitted step embeds the
+batch, runs the method, applies one Optax update to the network (Adam) and β
+(SGD); data parallel over a device mesh, the sampler seeing the global batch
+or each device's slice, BatchNorm synchronised, the numbers independent of the
+device count) or DE-DSP (its own recipe). A step whose loss or gradients are
+not finite leaves the state unchanged and records its step number, so the last
+good state is never overwritten; the loop stops with an error naming that
+step.
 
 `train_and_evaluate(config, workdir)` runs the whole job: it resumes from
 the latest checkpoint in `workdir` (data iterator included, so a killed and
@@ -35,18 +35,18 @@ import ml_collections
 import optax
 
 from dmljax import beta as beta_lib
-from dmljax import checkpoint as checkpoint_lib
-from dmljax import config_checks
 from dmljax import data as data_lib
-from dmljax import divergence
-from dmljax import evaluation
 from dmljax import losses as losses_lib
 from dmljax import models as models_lib
 from dmljax import optim as optim_lib
 from dmljax import parallel
-from dmljax import recipes
-from dmljax import reporting
-from dmljax import rundir
+from dmljax.runtime import checkpoint as checkpoint_lib
+from dmljax.runtime import config_checks
+from dmljax.runtime import divergence
+from dmljax.runtime import evaluation
+from dmljax.runtime import recipes
+from dmljax.runtime import reporting
+from dmljax.runtime import rundir
 
 SCHEDULES = ("warmup_cosine", "step")
 GRADIENT_DIVISORS = ("none", "batch_size")
@@ -154,16 +154,17 @@ def train_and_evaluate(
 ) -> dict[str, float]:
   """Trains, evaluates and checkpoints; resumes from `workdir` if possible.
 
-  The recipe of `config` (`dmljax.recipes.build`) says what a step
+  The recipe of `config` (`dmljax.runtime.recipes.build`) says what a step
   consumes, its devices and its step; the loop, checkpoints, evaluation
   and reporting are the same for every recipe. In a multi-host run every
   process calls this with the same config; each reads its own rows of every
   batch, and only process 0 writes metrics, plots and the summary.
 
-  Every value of `config` is checked first (`dmljax.config_checks`), then
-  the workdir is claimed (`dmljax.rundir`: one process at a time, and a
-  resume may not contradict the run's config); nothing is loaded, compiled
-  or written before both pass.
+  Every value of `config` is checked first
+  (`dmljax.runtime.config_checks`), then the workdir is claimed
+  (`dmljax.runtime.rundir`: one process at a time, and a resume may not
+  contradict the run's config); nothing is loaded, compiled or written
+  before both pass.
 
   Returns:
     The final evaluation metrics (also in `workdir/metrics.jsonl` and

@@ -16,7 +16,7 @@ from dmljax import methods as methods_lib
 from dmljax import optim as optim_lib
 from dmljax import parallel
 from dmljax import samplers
-from dmljax.recipes import base
+from dmljax.runtime.recipes import base
 
 
 def make_method(config: ml_collections.ConfigDict) -> methods_lib.Method:

@@ -8,7 +8,7 @@ A training run owns its `--workdir`. Besides checkpoints and metrics it holds
   starts.jsonl  one line per accepted start: {"time", "host", "pid",
                 "step" (the checkpoint it resumed from, 0 for a fresh
                 start), "changes" {field: [old, new]}}.
-  run.lock      while a process trains in it (`dmljax.runlock`).
+  run.lock      while a process trains in it (`dmljax.runtime.runlock`).
 
 The resume rule. A checkpoint means one run's network (model.*), its data
 stream (data.*: dataset, files, batch, P × K, image sizes, num_workers, since
@@ -39,8 +39,8 @@ starts there afresh. A run from before this rule (a checkpoint, no
 config.json) falls back on summary.json's config, else resumes unchecked
 with a warning.
 
-The lock (`dmljax.runlock`): one process trains in a workdir at a time; in
-a multi-host run process 0 holds it and writes, the others only check.
+The lock (`dmljax.runtime.runlock`): one process trains in a workdir at a
+time; in a multi-host run process 0 holds it and writes, the others only check.
 """
 
 import contextlib
@@ -53,9 +53,9 @@ from typing import Any
 
 import ml_collections
 
-from dmljax import checkpoint as checkpoint_lib
-from dmljax import config_checks
-from dmljax import runlock
+from dmljax.runtime import checkpoint as checkpoint_lib
+from dmljax.runtime import config_checks
+from dmljax.runtime import runlock
 
 # The run directory's layout: every file and folder a run writes, named here
 # once (train, reporting, export, tensorboard and the tests read these).
@@ -216,8 +216,9 @@ def check_resume(
     raise RunDirError(
       f"{workdir} holds a run (checkpoint at step {step}) with another "
       f"config: {listed}. A resume may raise train.num_steps and change only "
-      "logging, evaluation and checkpoint settings (dmljax/rundir.py): train "
-      "this config in a new --workdir, or rerun with the run's values."
+      "logging, evaluation and checkpoint settings "
+      "(dmljax/runtime/rundir.py): train this config in a new --workdir, or "
+      "rerun with the run's values."
     )
   return step, changes
 

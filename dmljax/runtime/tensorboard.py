@@ -33,7 +33,7 @@ class EventWriter:
 
   Args:
     folder: where the event files go (a run's `<workdir>/tensorboard`,
-      `dmljax.rundir.TENSORBOARD_FOLDER`).
+      `dmljax.runtime.rundir.TENSORBOARD_FOLDER`).
     resume_step: the step the run resumes from (later events are purged).
     enabled: False (or no tensorboardX) makes a writer that does nothing.
   """
