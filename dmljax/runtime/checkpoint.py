@@ -25,6 +25,24 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+def make_writable_directory(
+  directory: str, *, what: str, error: type[Exception] = ValueError
+) -> None:
+  """Creates `directory` if needed; `error` naming `what` unless writable."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as cause:
+    raise error(
+      f"Cannot create the {what} {directory!r} ({cause}). Choose a "
+      "--workdir you can write to."
+    ) from cause
+  if not os.access(directory, os.W_OK):
+    raise error(
+      f"The {what} {directory!r} is not writable. Choose a --workdir you "
+      "can write to."
+    )
+
+
 class Checkpointer:
   """Saves and restores (state, data iterator state) by step.
 
@@ -42,18 +60,7 @@ class Checkpointer:
         "that keeps no checkpoint can be neither resumed nor exported."
       )
     directory = os.path.abspath(directory)
-    try:
-      os.makedirs(directory, exist_ok=True)
-    except OSError as error:
-      raise ValueError(
-        f"Cannot create the checkpoint directory {directory!r} ({error}). "
-        "Choose a --workdir you can write to."
-      ) from error
-    if not os.access(directory, os.W_OK):
-      raise ValueError(
-        f"The checkpoint directory {directory!r} is not writable. Choose a "
-        "--workdir you can write to."
-      )
+    make_writable_directory(directory, what="checkpoint directory")
     self.directory = directory
     self._manager = ocp.CheckpointManager(
       directory,

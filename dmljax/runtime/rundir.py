@@ -272,18 +272,9 @@ def claim(
   """
   lock, created = None, not os.path.exists(workdir)
   if primary:
-    try:
-      os.makedirs(workdir, exist_ok=True)
-    except OSError as error:
-      raise RunDirError(
-        f"Cannot create the workdir {workdir!r} ({error}). Choose a "
-        "--workdir you can write to."
-      ) from error
-    if not os.access(workdir, os.W_OK):
-      raise RunDirError(
-        f"The workdir {workdir!r} is not writable. Choose a --workdir you "
-        "can write to."
-      )
+    checkpoint_lib.make_writable_directory(
+      workdir, what="workdir", error=RunDirError
+    )
     lock = runlock.acquire_lock(workdir)
   try:
     step, changes = check_resume(workdir, config)
