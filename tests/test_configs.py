@@ -8,10 +8,11 @@ import pytest
 from dmljax import samplers
 from experiments import _cli
 from experiments.configs import common
+from experiments.configs import datasets
 from experiments.configs import methods
 
 
-@pytest.mark.parametrize("dataset", sorted(common.DATASETS))
+@pytest.mark.parametrize("dataset", sorted(datasets.DATASETS))
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
 def test_every_config_builds_and_locks(name, dataset):
   config = methods.get_config(f"method={name},dataset={dataset}")

@@ -19,6 +19,7 @@ from dmljax.runtime import rundir
 from dmljax.runtime import train
 from experiments import _errors
 from experiments.configs import common
+from experiments.configs import datasets
 from experiments.configs import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ def _config(dataset="digits"):
 _SHIPPED = [
   (name, dataset)
   for name in sorted(methods.METHODS)
-  for dataset in sorted(common.DATASETS)
+  for dataset in sorted(datasets.DATASETS)
 ]
 
 

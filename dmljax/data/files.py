@@ -273,4 +273,3 @@ def class_half(
   keep = (classes - 1 >= wanted.start) & (classes - 1 < wanted.stop)
   present, labels = np.unique(classes[keep], return_inverse=True)
   return keep, present, labels.astype(np.int32)
-
