@@ -38,7 +38,6 @@ with start-up and the last section's grace, under 8 minutes).
 import dataclasses
 import json
 import os
-import platform
 import re
 import sys
 import threading
@@ -51,7 +50,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-import dmljax
+from experiments import _machine
 from experiments import accelerator_kernels as kernels
 from experiments import accelerator_training as training
 
@@ -140,8 +139,7 @@ def device_slug() -> str:
 def machine_info() -> dict:
   device = jax.devices()[0]
   client = getattr(device, "client", None)
-  return dict(
-    backend=jax.default_backend(),
+  return _machine.machine_info(
     device_kind=device.device_kind,
     platform_version=getattr(client, "platform_version", None),
     device_count=jax.device_count(),
@@ -149,11 +147,6 @@ def machine_info() -> dict:
     process_count=jax.process_count(),
     device_memory_bytes=training.device_memory()["bytes_limit"],
     cores=training.available_cores(),
-    jax=jax.__version__,
-    dmljax=dmljax.__version__,
-    python=platform.python_version(),
-    platform=platform.platform(),
-    XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
   )
 
 

@@ -31,7 +31,6 @@ Usage:
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 
@@ -43,6 +42,7 @@ from absl import flags
 
 import dmljax
 from dmljax import methods
+from experiments import _machine
 
 _SIZES = flags.DEFINE_list("sizes", ["80", "120", "512", "2048"], "Sizes B.")
 _DIM = flags.DEFINE_integer("dim", 128, "Embedding dimension D.")
@@ -215,16 +215,7 @@ def bench_peer(torch, x, labels) -> dict:
 
 
 def machine_info(peer) -> dict:
-  info = dict(
-    jax=jax.__version__,
-    backend=jax.default_backend(),
-    cpu_count=os.cpu_count(),
-    platform=platform.platform(),
-    python=platform.python_version(),
-    numpy=np.__version__,
-    dmljax=dmljax.__version__,
-    XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
-  )
+  info = _machine.machine_info()
   if peer:
     torch, pml = peer
     info.update(

@@ -39,13 +39,13 @@ import importlib
 import json
 import multiprocessing
 import os
-import platform
 import time
 
 import numpy as np
 from absl import app
 from absl import flags
 
+from experiments import _machine
 from experiments import eval_implementations as impls
 
 _N = flags.DEFINE_integer("num_points", 60502, "N test points (SOP: 60,502).")
@@ -216,21 +216,6 @@ def print_row(cell: str, row: dict, reference: dict | None) -> None:
   )
 
 
-def machine_info() -> dict:
-  import jax
-
-  return dict(
-    jax=jax.__version__,
-    backend=jax.default_backend(),
-    cpu_count=os.cpu_count(),
-    load_average_1min=os.getloadavg()[0],
-    platform=platform.platform(),
-    python=platform.python_version(),
-    numpy=np.__version__,
-    XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
-  )
-
-
 def _print_header(info: dict) -> None:
   """The machine line, what the columns mean, and the column titles."""
   print(
@@ -322,7 +307,7 @@ def main(argv):
   peers = set(_PEERS.value)
   if unknown := peers - {"faiss", "sklearn", "pml"}:
     raise app.UsageError(f"Unknown --peers {sorted(unknown)}.")
-  info = machine_info()
+  info = _machine.machine_info()
   _print_header(info)
   sop = (_N.value, _C.value, _DIM.value, _NOISE.value, _SEED.value)
   cells = []

@@ -26,7 +26,6 @@ Writes a table to stdout and JSON to --out.
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,13 +38,13 @@ import optax
 from absl import app
 from absl import flags
 
-import dmljax
 from dmljax import data as data_lib
 from dmljax import parallel
 from dmljax.runtime import cpu_devices
 from dmljax.runtime import recipes
 from dmljax.runtime import train
 from dmljax.runtime.recipes import pk_methods
+from experiments import _machine
 from experiments import torch_twin
 from experiments.configs import methods
 
@@ -239,16 +238,7 @@ def torch_cells(torch, config, train_split, batches, budget_s) -> dict:
 
 
 def machine(peer) -> dict:
-  info = dict(
-    jax=jax.__version__,
-    backend=jax.default_backend(),
-    devices=jax.device_count(),
-    cpu_count=os.cpu_count(),
-    platform=platform.platform(),
-    python=platform.python_version(),
-    dmljax=dmljax.__version__,
-    XLA_FLAGS=os.environ.get("XLA_FLAGS", ""),
-  )
+  info = _machine.machine_info(devices=jax.device_count())
   if peer is not None:
     info.update(torch=peer.__version__, torch_threads=peer.get_num_threads())
   return info
