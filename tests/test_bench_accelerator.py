@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
+from subprocesses import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # experiments.bench_accelerator.SECTIONS, in order (not imported: its absl
 # flags would meet other experiments' flags in this process).
 SECTIONS = [

@@ -6,16 +6,12 @@ same Recall@k (peers where installed), not any timing.
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from subprocesses import run_module
 
 from experiments import bench_eval
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("num_points,num_classes", [(60502, 11316), (230, 40)])
@@ -61,13 +57,7 @@ def test_tiny_run_agrees_with_the_installed_peers(tmp_path):
     f"--peers={','.join(peers)}",
     f"--out={out}",
   ]
-  result = subprocess.run(
-    [sys.executable, "-m", "experiments.bench_eval", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = run_module("experiments.bench_eval", *args)
   assert result.returncode == 0, result.stderr[-3000:]
   cells = json.loads(out.read_text())["cells"]
   recall_rows = cells[0]["rows"]

@@ -6,14 +6,10 @@ two train steps → evaluation with the dataset's protocol and k list (the
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import archives
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from subprocesses import run_module
 
 # The final metrics each protocol reports (smoke: the first two ks).
 _KEYS = {
@@ -26,14 +22,7 @@ _KEYS = {
 
 
 def _run(args, **kwargs):
-  return subprocess.run(
-    [sys.executable, "-m", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    **kwargs,
-  )
+  return run_module(*args, **kwargs)
 
 
 @pytest.mark.slow

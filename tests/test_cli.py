@@ -4,14 +4,14 @@ Each test runs a driver as a subprocess and stops before training (nothing
 here compiles a step), so the file takes seconds.
 """
 
-import os
 import subprocess
 import sys
 
+from subprocesses import ROOT
+from subprocesses import run_module
+
 from experiments import _errors
 from experiments.configs import methods
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs a driver as `python -m` would, then says whether JAX was imported.
 _RUN_AND_REPORT_JAX = """
@@ -25,13 +25,7 @@ finally:
 
 
 def _driver(module, *args):
-  return subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  return run_module(module, *args, timeout=300)
 
 
 def _error_lines(result):

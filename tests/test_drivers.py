@@ -1,23 +1,13 @@
 """Each absl driver runs end to end for a few steps (the `smoke` configs)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from subprocesses import run_module
 
 
 def _run(*args):
-  result = subprocess.run(
-    [sys.executable, "-m", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = run_module(*args)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -35,17 +25,10 @@ def test_training_driver_smoke(driver, tmp_path):
 
 
 def test_driver_rejects_an_unknown_config(tmp_path):
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.digits",
-      "--config=margin_dx",
-      f"--workdir={tmp_path}",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
+  result = run_module(
+    "experiments.digits",
+    "--config=margin_dx",
+    f"--workdir={tmp_path}",
     timeout=300,
   )
   assert result.returncode != 0

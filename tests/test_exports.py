@@ -8,12 +8,11 @@ it; an .npy and an .npz export never share a description.
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from subprocesses import run_module
 from test_folder import _make_folder
 
 from dmljax import models
@@ -21,8 +20,6 @@ from dmljax.runtime import checkpoint as checkpoint_lib
 from dmljax.runtime import export
 from dmljax.runtime import recipes
 from experiments.configs import methods
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _network():
@@ -125,13 +122,7 @@ def test_max_to_keep_below_one_is_refused(tmp_path):
 
 
 def _run(*args):
-  result = subprocess.run(
-    [sys.executable, "-m", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = run_module(*args)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 

@@ -8,18 +8,15 @@ fabricated training logs.
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import reference
 import scipy.stats
+from subprocesses import run_module
 
 from experiments.figures import analysis
 from experiments.figures import plots
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +159,7 @@ def test_convergence_curves_average_seeds_at_shared_steps(tmp_path):
 
 @pytest.mark.slow
 def test_driver_writes_every_figure_and_skips_figure_6_without_logs(tmp_path):
-  result = subprocess.run(
-    [sys.executable, "-m", "experiments.figures", f"--out={tmp_path}"],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  result = run_module("experiments.figures", f"--out={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "figure6: skipped" in result.stdout
   for name in ("figure2", "figure3a", "figure3b", "figure4"):

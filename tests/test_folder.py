@@ -8,19 +8,17 @@ image (left out of training, still exported).
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from subprocesses import run_module
 
 from dmljax.data import folder
 from dmljax.data import images as images_lib
 from dmljax.data import pk
 from dmljax.runtime import export
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PRE = images_lib.Preprocess(resize=20, crop=16, standardize=False)
 
 
@@ -211,13 +209,7 @@ def test_export_round_trips_npz_and_npy(tmp_path):
 
 
 def _run(args):
-  return subprocess.run(
-    [sys.executable, "-m", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  return run_module(*args)
 
 
 def _as_csv(tmp_path, data):

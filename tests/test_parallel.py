@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from subprocesses import ROOT
 
 from dmljax import data as data_lib
 from dmljax import parallel
@@ -24,7 +25,6 @@ from dmljax.runtime import train
 from dmljax.runtime.recipes import pk_methods
 from experiments.configs import methods
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, IMAGES_PER_CLASS = 40, 5  # P = 8 classes: whole classes on 8 devices.
 
 

@@ -8,13 +8,12 @@ against a float64 NumPy brute force.
 
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
+from subprocesses import run_module
 from test_folder import _make_folder
 
 from dmljax import models
@@ -23,8 +22,6 @@ from dmljax.data import from_config
 from dmljax.runtime import export
 from dmljax.runtime import recipes
 from experiments.configs import methods
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +51,7 @@ def exported(tmp_path_factory):
 
 
 def _query(*args):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.query", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  return run_module("experiments.query", *args, timeout=300)
 
 
 def _results(stdout):

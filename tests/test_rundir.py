@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from subprocesses import ROOT
 
 from dmljax.runtime import checkpoint as checkpoint_lib
 from dmljax.runtime import export
@@ -21,8 +22,6 @@ from dmljax.runtime import rundir
 from dmljax.runtime import runlock
 from dmljax.runtime import train
 from experiments.configs import methods
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**changes):

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from subprocesses import run_module
 
 from dmljax import models
 from dmljax.data import augment
@@ -27,8 +28,6 @@ from dmljax.runtime import export
 from dmljax.runtime import recipes
 from dmljax.runtime import serving
 from experiments.configs import methods
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Run in a fresh interpreter: only jax, numpy and json; the images arrive
 # decoded (uint8 RGB at the resized side R, so scaling is the identity) and
@@ -198,13 +197,7 @@ def test_a_folder_that_is_no_run_is_named(tmp_path):
 
 
 def _embed_driver(*args):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.embed", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  return run_module("experiments.embed", *args, timeout=300)
 
 
 def test_the_embed_driver_serves_a_run(tmp_path):

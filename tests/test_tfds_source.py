@@ -7,13 +7,13 @@ pk_batches, survive pickling (grain workers) and train through a driver.
 """
 
 import json
-import os
 import pickle
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from subprocesses import ROOT
 
 tfds = pytest.importorskip(
   "tensorflow_datasets",
@@ -31,7 +31,6 @@ from dmljax.data import load_file_split  # noqa: E402
 from dmljax.data import pk_batches  # noqa: E402
 from dmljax.data import tfds_source  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = Preprocess(resize=36, crop=32)
 
 

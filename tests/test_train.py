@@ -10,14 +10,13 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from subprocesses import ROOT
 
 from dmljax.runtime import recipes
 from dmljax.runtime import reporting
 from dmljax.runtime import train
 from dmljax.runtime.recipes import pk_methods
 from experiments.configs import methods
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**train_overrides):

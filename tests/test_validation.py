@@ -4,14 +4,12 @@ Most cases need no training: `config_checks` on a config, and the drivers
 stopped before they import JAX's backend or write anything.
 """
 
-import os
 import re
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
 import pytest
+from subprocesses import run_module
 
 from dmljax.runtime import config_checks
 from dmljax.runtime import export
@@ -21,8 +19,6 @@ from experiments import _errors
 from experiments.configs import common
 from experiments.configs import datasets
 from experiments.configs import methods
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(dataset="digits"):
@@ -119,13 +115,7 @@ def test_train_and_evaluate_checks_before_writing(tmp_path):
 
 
 def _driver(*args, module="experiments.digits", timeout=300):
-  return subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
+  return run_module(module, *args, timeout=timeout)
 
 
 def _one_line_error(result, *fragments):
