@@ -39,7 +39,6 @@ from absl import app
 from absl import flags
 
 from dmljax import data as data_lib
-from dmljax import parallel
 from dmljax.runtime import cpu_devices
 from dmljax.runtime import recipes
 from dmljax.runtime import train
@@ -79,42 +78,32 @@ def _blocked(fn):
 
 
 def dmljax_cells(config, train_split, batches, budget_s) -> dict:
-  """ms of the driver's step and of each of its parts."""
-  batch_size = config.data.batch_size
-  num_devices = parallel.choose_num_devices(
-    batch_size,
-    config.data.images_per_class,
-    mining=config.parallel.mining,
-    requested=config.parallel.num_devices,
-  )
-  mesh = parallel.make_mesh(num_devices)
-  model = recipes.make_model(config, axis_name=parallel.DATA_AXIS)
-  method = pk_methods.make_method(config)
+  """ms of the driver's step (its recipe's) and of each of its parts."""
+  recipe = recipes.build(config, train_split.image_shape)
   tx = train.make_optimizer(config)
   state = train.create_train_state(
     config,
-    model,
+    recipe.model,
     tx,
-    input_shape=(batch_size, *train_split.image_shape),
+    input_shape=(recipe.batch_size, *train_split.image_shape),
     num_classes=train_split.num_classes,
     num_images=len(train_split),
   )
+  method = pk_methods.make_method(config)
   cells = parts_ms(config, state, tx, method, batches[0], budget_s / 2)
-  step_fn = pk_methods.make_train_step(
-    model, method, tx, mesh=mesh, mining=config.parallel.mining
-  )
-  placed = [parallel.shard_batch(b, mesh) for b in batches]
-  carry = {"state": parallel.replicate(state, mesh), "i": 0}
+  prepared = recipe.prepare(state, tx)
+  placed = [recipe.place_batch(b) for b in batches]
+  carry = {"state": prepared.state, "i": 0}
 
-  def step():  # The state is donated: `state` above is gone after this.
+  def step():  # The state is donated: the prepared one is gone after this.
     carry["i"] += 1
     batch = placed[carry["i"] % len(placed)]
-    carry["state"], metrics = step_fn(carry["state"], batch)
+    carry["state"], metrics = prepared.step(carry["state"], batch)
     return metrics
 
   cells["step"] = median_ms(_blocked(step), budget_s)
-  cells["host input"] = _host_input_ms(config, train_split, mesh)
-  cells["devices"] = num_devices
+  cells["host input"] = _host_input_ms(config, train_split, recipe.place_batch)
+  cells["devices"] = recipe.num_devices
   return cells
 
 
@@ -161,14 +150,14 @@ def parts_ms(config, state, tx, method, batch, budget_s) -> dict:
   return cells
 
 
-def _host_input_ms(config, train_split, mesh) -> float:
+def _host_input_ms(config, train_split, place_batch) -> float:
   """ms of next(batches) + placing the batch, the driver's iterator."""
   iterator = iter(_batches(config, train_split, num_steps=200))
   next(iterator)
   start = time.perf_counter()
   count = 0
   for batch in iterator:
-    jax.block_until_ready(parallel.shard_batch(batch, mesh))
+    jax.block_until_ready(place_batch(batch))
     count += 1
     if count == 100:
       break
