@@ -37,7 +37,6 @@ from dmljax import losses as losses_lib
 from dmljax import reductions
 from dmljax import samplers as samplers_lib
 
-REDUCTIONS = reductions.REDUCTIONS
 DISTANCE_GRADIENTS = ("dense", "gathered")
 # N-pair forms one random (probe, gallery) pair per class: its sampler.
 NPAIR_SAMPLER = "random"
@@ -212,7 +211,7 @@ def make_method(
   """
   spec = losses_lib.loss_spec(loss)
   sampler = _sampler_of(sampler, loss, spec)
-  _choose("reduction", reduction, REDUCTIONS)
+  _choose("reduction", reduction, reductions.REDUCTIONS)
   _choose("distance_gradient", distance_gradient, DISTANCE_GRADIENTS)
   labels_lib.check_images_per_class(images_per_class)
   if spec.structure == "npair":

@@ -106,7 +106,7 @@ class Settings:
       "reward mode", self.reward_mode, objective.REWARD_MODES
     )
     objective.check_choice("reduction", self.reduction, reductions.REDUCTIONS)
-    reinforce.advantages(jnp.zeros(1), jnp.ones(1, bool), self.baseline)
+    objective.check_choice("baseline", self.baseline, reinforce.BASELINES)
     if self.kind == "triplet":  # Checks m ≤ P.
       selection.hand_picked_anchors(
         jax.random.key(0), *self.pool_shape, self.tuples_per_minibatch

@@ -167,7 +167,7 @@ def _method_checks() -> dict[str, Check]:
   """model.*, sampler.* and loss.*: the network, tuple sampler and loss."""
   # pylint: disable=import-outside-toplevel
   from dmljax import losses
-  from dmljax import methods
+  from dmljax import reductions
   from dmljax import samplers
   from dmljax.models import embedder
   from dmljax.runtime.recipes import dsp as dsp_recipe
@@ -190,7 +190,7 @@ def _method_checks() -> dict[str, Check]:
     "loss.name": _one_of(list(losses.LOSSES)),
     "loss.margin": _NON_NEGATIVE,
     "loss.nu": _NON_NEGATIVE,
-    "loss.reduction": _one_of(methods.REDUCTIONS),
+    "loss.reduction": _one_of(reductions.REDUCTIONS),
     "loss.npair_scale": _number(0.0, open_low=True),
   }
 
